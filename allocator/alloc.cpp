@@ -1,0 +1,176 @@
+// The malloc family on top of the fast paths: slow malloc, aligned,
+// zeroed and resized allocation, usable size; the am_* C API.
+#include <errno.h>
+
+#include <cstring>
+
+#include "allocator/alloc_inline.h"
+#include "allocator/api.h"
+#include "allocator/large.h"
+#include "amalloc/amalloc.h"
+
+namespace am {
+
+bool check_block(const char* fn, const void* p, const Page* pg);
+void bad_pointer(const char* fn, const void* p);
+
+namespace {
+
+AM_COLD void* fail(int err) {
+  errno = err;
+  return nullptr;
+}
+
+bool is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
+
+// The live page of block `p`, or nullptr after reporting a bad pointer.
+Page* page_checked(const char* fn, const void* p) {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  unsigned shift = segmap_shift(a);
+  if (shift == 0) {
+    bad_pointer(fn, p);
+    return nullptr;
+  }
+  Page* pg = page_of(a, shift);
+  if (pg->in_use && pg->kind == kKindLarge) {
+    if (p == pg->start) return pg;
+  }
+  return check_block(fn, p, pg) ? pg : nullptr;
+}
+
+}  // namespace
+
+AM_NOINLINE void* malloc_slow(size_t size) {
+  Heap* h = heap_get();
+  if (AM_UNLIKELY(h == nullptr)) return fail(ENOMEM);
+  if (size <= kDirectMax) {
+    Page* pg = h->direct[(size + 15) >> 4];
+    if (pg->free) return malloc_fast(size);
+    return heap_alloc_class(h, kDirectClass[(size + 15) >> 4]);
+  }
+  if (size <= kMediumMax) {
+    unsigned cls = size_to_class(size);
+    Page* pg = h->queues[cls].first;
+    if (AM_LIKELY(pg && pg->free)) {
+      Block* b = pg->free;
+      pg->free = b->next;
+      pg->used++;
+      return b;
+    }
+    return heap_alloc_class(h, cls);
+  }
+  if (size > kMaxRequest) return fail(ENOMEM);
+  return large_alloc(size, 0, false);
+}
+
+void* alloc_aligned(size_t align, size_t size) {
+  if (!is_pow2(align)) return fail(EINVAL);
+  if (align <= 16) return malloc_fast(size);
+  if (size > kMaxRequest || align > kMaxRequest) return fail(ENOMEM);
+  // Small and medium pages start at multiples of their (power of two)
+  // size, so a block is `align`-aligned when its class size is a multiple
+  // of `align`; power-of-two classes guarantee one exists.
+  if (align <= kMediumMax && size <= kMediumMax) {
+    size_t need = size < align ? align : size;
+    for (unsigned c = size_to_class(need); c < kNumClasses; c++)
+      if (kClassSize[c] % align == 0) return malloc_fast(kClassSize[c]);
+  }
+  if (heap_get() == nullptr) return fail(ENOMEM);
+  return large_alloc(size == 0 ? 1 : size, align, false);
+}
+
+void* alloc_calloc(size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total) || total > kMaxRequest) return fail(ENOMEM);
+  if (total > kMediumMax) {
+    if (heap_get() == nullptr) return fail(ENOMEM);
+    return large_alloc(total, 0, true);
+  }
+  void* p = malloc_fast(total);
+  if (p) memset(p, 0, total);
+  return p;
+}
+
+void* alloc_realloc(void* p, size_t size) {
+  if (p == nullptr) return malloc_fast(size);
+  if (size == 0) {
+    free_fast(p);
+    return nullptr;
+  }
+  if (size > kMaxRequest) return fail(ENOMEM);
+  Page* pg = page_checked("realloc", p);
+  if (!pg) return nullptr;
+  size_t old = pg->block_size;
+  if (pg->kind == kKindLarge) {
+    if (size > kMediumMax) {
+      if (void* r = large_resize(pg, size)) return r;
+    }
+  } else if (size <= old && size > old / 2) {
+    return p;  // fits, and not much smaller
+  }
+  void* q = malloc_fast(size);
+  if (!q) return nullptr;
+  memcpy(q, p, size < old ? size : old);
+  free_fast(p);
+  return q;
+}
+
+size_t alloc_usable_size(const void* p) {
+  if (p == nullptr) return 0;
+  Page* pg = page_checked("malloc_usable_size", p);
+  return pg ? pg->block_size : 0;
+}
+
+int alloc_posix_memalign(void** out, size_t align, size_t size) {
+  if (!is_pow2(align) || align % sizeof(void*) != 0) return EINVAL;
+  int saved = errno;
+  void* p = alloc_aligned(align, size);
+  if (!p) {
+    int err = errno;
+    errno = saved;
+    return err == 0 ? ENOMEM : err;
+  }
+  *out = p;
+  return 0;
+}
+
+void* alloc_pvalloc(size_t size) {
+  size_t rounded = (size + kOsPage - 1) & ~(kOsPage - 1);
+  if (rounded < size) return fail(ENOMEM);
+  return alloc_aligned(kOsPage, rounded == 0 ? kOsPage : rounded);
+}
+
+void* alloc_reallocarray(void* p, size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) return fail(ENOMEM);
+  return alloc_realloc(p, total);
+}
+
+}  // namespace am
+
+using namespace am;
+
+extern "C" {
+
+void* am_malloc(size_t size) { return malloc_fast(size); }
+void am_free(void* p) { free_fast(p); }
+void am_free_sized(void* p, size_t) { free_fast(p); }
+void* am_calloc(size_t count, size_t size) { return alloc_calloc(count, size); }
+void* am_realloc(void* p, size_t size) { return alloc_realloc(p, size); }
+void* am_reallocarray(void* p, size_t count, size_t size) { return alloc_reallocarray(p, count, size); }
+void* am_memalign(size_t align, size_t size) { return alloc_aligned(align == 0 ? 1 : align, size); }
+void* am_aligned_alloc(size_t align, size_t size) { return alloc_aligned(align == 0 ? 1 : align, size); }
+int am_posix_memalign(void** out, size_t align, size_t size) { return alloc_posix_memalign(out, align, size); }
+void* am_valloc(size_t size) { return alloc_aligned(kOsPage, size); }
+void* am_pvalloc(size_t size) { return alloc_pvalloc(size); }
+size_t am_usable_size(const void* p) { return alloc_usable_size(p); }
+const char* am_version(void) { return AMALLOC_VERSION_STRING; }
+
+int am_owns(const void* p) {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return segmap_shift(a) != 0;
+}
+
+void am_collect(int force) { heap_collect(t_heap, force != 0); }
+
+}  // extern "C"

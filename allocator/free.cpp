@@ -1,0 +1,101 @@
+// The slow side of free: frees from other threads, into full pages, of
+// large blocks, and the report of bad frees.
+#include <stdlib.h>
+
+#include "allocator/alloc_inline.h"
+#include "allocator/format.h"
+#include "allocator/large.h"
+#include "allocator/options.h"
+#include "allocator/stats.h"
+
+namespace am {
+
+namespace {
+
+AM_COLD void report(const char* fn, const void* p, const char* what, const void* block = nullptr) {
+  stats_add(g_os_stats.bad_frees, 1);
+  Out o;
+  o.str("amalloc: ").str(fn).str("(): ").str(what).ch(' ').hex(reinterpret_cast<uintptr_t>(p));
+  if (block) o.str(" (inside the block at ").hex(reinterpret_cast<uintptr_t>(block)).ch(')');
+  o.str(g_options.bad_free == kBadFreeAbort ? "; aborting\n" : "; ignored\n");
+  o.flush(2);
+  if (g_options.bad_free == kBadFreeAbort) abort();
+}
+
+}  // namespace
+
+// Checks that `a` is a live block start of `pg` as far as can be told
+// without walking lists; reports and returns false if not.
+bool check_block(const char* fn, const void* p, const Page* pg) {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if (!pg->in_use || pg->block_size == 0) {
+    report(fn, p, "invalid pointer (not allocated by amalloc, or already freed):");
+    return false;
+  }
+  uintptr_t start = reinterpret_cast<uintptr_t>(pg->start);
+  uintptr_t end = start + uint64_t{pg->capacity} * pg->block_size;
+  if (a < start || a >= end) {
+    report(fn, p, "invalid pointer (not allocated by amalloc):");
+    return false;
+  }
+  if (!is_block_start(pg, a)) {
+    uintptr_t block = start + (a - start) / pg->block_size * pg->block_size;
+    report(fn, p, "invalid pointer (not the start of a block):", reinterpret_cast<void*>(block));
+    return false;
+  }
+  return true;
+}
+
+void bad_pointer(const char* fn, const void* p) {
+  report(fn, p, "invalid pointer (not allocated by amalloc, or already freed):");
+}
+
+AM_COLD void free_not_ours(void* p) {
+  if (p == nullptr) return;
+  bad_pointer("free", p);
+}
+
+AM_COLD void free_bad_block(void* p, Page* pg) {
+  if (p == pg->free) {
+    report("free", p, "double free of");
+    return;
+  }
+  check_block("free", p, pg);
+}
+
+AM_NOINLINE void free_slow(void* p, Page* pg, Heap* h) {
+  Heap* owner = pg->heap.load(std::memory_order_relaxed);
+  if (owner == h && h != &g_empty_heap) {
+    // Our own page, taken off the fast path because it is full.
+    if (!check_block("free", p, pg)) return;
+    if (p == pg->free) return report("free", p, "double free of");
+    Block* b = static_cast<Block*>(p);
+    b->next = pg->free;
+    pg->free = b;
+    pg->used--;
+    if (pg->in_full.load(std::memory_order_relaxed)) heap_page_unfull(h, pg);
+    if (pg->used == 0 && !pg->is_head) heap_page_empty(h, pg);
+    return;
+  }
+  if (pg->in_use && pg->kind == kKindLarge) {
+    if (p != pg->start) return (void)check_block("free", p, pg);
+    large_free(pg);
+    return;
+  }
+  if (!check_block("free", p, pg)) return;
+  // Another thread's page (or an abandoned one): push without a lock.
+  Block* b = static_cast<Block*>(p);
+  Block* old = pg->xthread_free.load(std::memory_order_relaxed);
+  do {
+    b->next = old;
+  } while (!pg->xthread_free.compare_exchange_weak(old, b, std::memory_order_seq_cst,
+                                                   std::memory_order_relaxed));
+  if (h != &g_empty_heap) h->remote_frees++;
+  // Tell the owner if the page sits on its full list (see page_to_full).
+  if (pg->in_full.load(std::memory_order_seq_cst)) {
+    if (Heap* o = pg->heap.load(std::memory_order_acquire))
+      o->full_remote_hint.store(1, std::memory_order_relaxed);
+  }
+}
+
+}  // namespace am

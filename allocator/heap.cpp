@@ -1,0 +1,367 @@
+#include "allocator/heap.h"
+
+#include <errno.h>
+#include <pthread.h>
+
+#include <cstring>
+#include <utility>
+
+#include "allocator/lock.h"
+#include "allocator/options.h"
+#include "allocator/os.h"
+#include "allocator/page.h"
+#include "allocator/segment.h"
+#include "allocator/stats.h"
+
+namespace am {
+
+void global_init();  // init.cpp
+
+constinit Page g_empty_page{};
+
+namespace {
+
+template <size_t... I>
+constexpr std::array<Page*, kDirectSlots> empty_direct(std::index_sequence<I...>) {
+  return {{((void)I, &g_empty_page)...}};
+}
+
+}  // namespace
+
+constinit Heap g_empty_heap{.direct = empty_direct(std::make_index_sequence<kDirectSlots>())};
+__thread Heap* t_heap __attribute__((tls_model("initial-exec"))) = &g_empty_heap;
+
+namespace {
+
+pthread_key_t g_heap_key;
+pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
+Heap* g_heaps;      // every heap ever made (heaps are never unmapped)
+Heap* g_heap_pool;  // heaps whose thread ended
+uint8_t* g_heap_chunk;
+size_t g_heap_chunk_left;
+Page* g_abandoned[kNumClasses];
+
+// Direct-table slots of each class: [first, first + count).
+struct DirectRange {
+  uint8_t first, count;
+};
+constexpr std::array<DirectRange, kNumClasses> make_direct_ranges() {
+  std::array<DirectRange, kNumClasses> r{};
+  for (size_t i = 0; i < kDirectSlots; i++) {
+    unsigned c = kDirectClass[i];
+    if (r[c].count == 0) r[c].first = static_cast<uint8_t>(i);
+    r[c].count++;
+  }
+  return r;
+}
+constexpr std::array<DirectRange, kNumClasses> kDirectRange = make_direct_ranges();
+
+void make_key() { pthread_key_create(&g_heap_key, heap_thread_exit); }
+
+// -- queues ----------------------------------------------------------------
+
+void head_changed(Heap* h, unsigned cls, Page* old_head) {
+  Page* head = h->queues[cls].first;
+  if (old_head == head) return;
+  if (old_head) old_head->is_head = 0;
+  if (head) head->is_head = 1;
+  const DirectRange r = kDirectRange[cls];
+  Page* target = head ? head : &g_empty_page;
+  for (unsigned i = 0; i < r.count; i++) h->direct[r.first + i] = target;
+}
+
+void queue_push_back(Heap* h, Page* pg) {
+  PageQueue& q = h->queues[pg->cls];
+  Page* old = q.first;
+  pg->next = nullptr;
+  pg->prev = q.last;
+  if (q.last) q.last->next = pg;
+  else q.first = pg;
+  q.last = pg;
+  head_changed(h, pg->cls, old);
+}
+
+void queue_remove(Heap* h, Page* pg) {
+  PageQueue& q = h->queues[pg->cls];
+  Page* old = q.first;
+  if (pg->prev) pg->prev->next = pg->next;
+  else q.first = pg->next;
+  if (pg->next) pg->next->prev = pg->prev;
+  else q.last = pg->prev;
+  pg->next = pg->prev = nullptr;
+  head_changed(h, pg->cls, old);
+}
+
+void full_push(Heap* h, Page* pg) {
+  pg->prev = nullptr;
+  pg->next = h->full;
+  if (h->full) h->full->prev = pg;
+  h->full = pg;
+}
+
+void full_remove(Heap* h, Page* pg) {
+  if (pg->prev) pg->prev->next = pg->next;
+  else h->full = pg->next;
+  if (pg->next) pg->next->prev = pg->prev;
+  pg->next = pg->prev = nullptr;
+}
+
+// A page with nothing left to hand out leaves the queue. The seq_cst pair
+// (in_full store here, xthread_free load; the reverse in a remote free)
+// guarantees that a remote free racing with this either is seen by the
+// re-check below or sees in_full and raises the heap's hint.
+void page_to_full(Heap* h, Page* pg) {
+  queue_remove(h, pg);
+  pg->owner_fast.store(nullptr, std::memory_order_relaxed);
+  pg->in_full.store(1, std::memory_order_seq_cst);
+  full_push(h, pg);
+  if (pg->xthread_free.load(std::memory_order_seq_cst) != nullptr) heap_page_unfull(h, pg);
+}
+
+// Pages with remote frees leave the full list.
+void unfull_remote(Heap* h) {
+  h->full_remote_hint.store(0, std::memory_order_relaxed);
+  Page* pg = h->full;
+  while (pg) {
+    Page* next = pg->next;
+    if (pg->xthread_free.load(std::memory_order_relaxed) != nullptr) heap_page_unfull(h, pg);
+    pg = next;
+  }
+}
+
+void retire(Page* pg) {
+  LockGuard g;
+  segment_page_free_locked(pg, os_now_ms());
+}
+
+AM_INLINE void* pop(Page* pg) {
+  Block* b = pg->free;
+  pg->free = b->next;
+  pg->used++;
+  return b;
+}
+
+// Sweep pages left by exited threads: collect their remote frees and give
+// back the ones that became empty. Under g_lock.
+void sweep_abandoned_locked(uint64_t now) {
+  for (unsigned c = 0; c < kNumClasses; c++) {
+    Page** link = &g_abandoned[c];
+    while (Page* pg = *link) {
+      page_collect(pg);
+      if (pg->used == 0) {
+        *link = pg->next;
+        pg->abandoned = 0;
+        segment_page_free_locked(pg, now);
+      } else {
+        link = &pg->next;
+      }
+    }
+  }
+}
+
+// A page for class `cls`: one abandoned by an exited thread, or a fresh one.
+Page* page_new(Heap* h, unsigned cls) {
+  Page* pg;
+  bool adopted = false;
+  {
+    LockGuard g;
+    pg = g_abandoned[cls];
+    if (pg) {
+      g_abandoned[cls] = pg->next;
+      pg->abandoned = 0;
+      adopted = true;
+    } else {
+      pg = segment_page_alloc_locked(class_is_small(cls) ? kKindSmall : kKindMedium);
+      if (!pg) return nullptr;
+    }
+  }
+  if (adopted) {
+    pg->heap.store(h, std::memory_order_release);
+    pg->owner_fast.store(h, std::memory_order_relaxed);
+    pg->in_full.store(0, std::memory_order_relaxed);
+    pg->next = pg->prev = nullptr;
+    page_collect(pg);
+    h->pages_adopted++;
+  } else {
+    page_init(pg, cls, h);
+    page_extend(pg);
+  }
+  queue_push_back(h, pg);
+  return pg;
+}
+
+void heap_reset(Heap* h) {
+  for (auto& d : h->direct) d = &g_empty_page;
+  memset(static_cast<void*>(h->queues), 0, sizeof h->queues);
+  h->full = nullptr;
+  h->full_remote_hint.store(0, std::memory_order_relaxed);
+  h->slow_calls = 0;
+}
+
+Heap* heap_carve_locked() {
+  if (Heap* h = g_heap_pool) {
+    g_heap_pool = h->pool_next;
+    return h;
+  }
+  size_t sz = (sizeof(Heap) + 63) & ~size_t{63};
+  if (g_heap_chunk_left < sz) {
+    constexpr size_t kChunk = 256 * 1024;
+    g_heap_chunk = static_cast<uint8_t*>(os_map_aligned(kChunk, kOsPage));
+    if (!g_heap_chunk) return nullptr;
+    g_heap_chunk_left = kChunk;
+  }
+  Heap* h = reinterpret_cast<Heap*>(g_heap_chunk);
+  g_heap_chunk += sz;
+  g_heap_chunk_left -= sz;
+  h->next = g_heaps;
+  g_heaps = h;
+  return h;
+}
+
+// Give every page of `h` up: empty ones to their segment, the rest to the
+// abandoned lists, where other heaps adopt them. Under g_lock.
+void heap_abandon_locked(Heap* h) {
+  uint64_t now = os_now_ms();
+  auto give_up = [&](Page* pg) {
+    page_collect(pg);
+    pg->is_head = 0;
+    pg->owner_fast.store(nullptr, std::memory_order_relaxed);
+    pg->in_full.store(0, std::memory_order_relaxed);
+    if (pg->used == 0) {
+      segment_page_free_locked(pg, now);
+      return;
+    }
+    pg->heap.store(nullptr, std::memory_order_release);
+    pg->abandoned = 1;
+    pg->next = g_abandoned[pg->cls];
+    pg->prev = nullptr;
+    g_abandoned[pg->cls] = pg;
+  };
+  for (unsigned c = 0; c < kNumClasses; c++) {
+    Page* pg = h->queues[c].first;
+    while (pg) {
+      Page* next = pg->next;
+      give_up(pg);
+      pg = next;
+    }
+  }
+  Page* pg = h->full;
+  while (pg) {
+    Page* next = pg->next;
+    give_up(pg);
+    pg = next;
+  }
+  heap_reset(h);
+  h->live = 0;
+  h->pool_next = g_heap_pool;
+  g_heap_pool = h;
+  stats_add(g_os_stats.heaps_abandoned, 1);
+}
+
+}  // namespace
+
+Heap* heap_get() {
+  Heap* h = t_heap;
+  if (AM_LIKELY(h != &g_empty_heap)) return h;
+  global_init();
+  pthread_once(&g_key_once, make_key);
+  {
+    LockGuard g;
+    h = heap_carve_locked();
+    if (!h) return nullptr;
+    h->live = 1;
+  }
+  heap_reset(h);
+  t_heap = h;
+  // After t_heap is set: pthread_setspecific may itself call calloc.
+  pthread_setspecific(g_heap_key, h);
+  stats_add(g_os_stats.heaps_created, 1);
+  return h;
+}
+
+void* heap_alloc_class(Heap* h, unsigned cls) {
+  for (;;) {
+    while (Page* pg = h->queues[cls].first) {
+      if (pg->free) return pop(pg);
+      if (page_collect(pg) && pg->free) return pop(pg);
+      if (page_extend(pg)) return pop(pg);
+      page_to_full(h, pg);
+    }
+    if (h->full_remote_hint.load(std::memory_order_relaxed)) {
+      unfull_remote(h);
+      if (h->queues[cls].first) continue;
+    }
+    maintenance_maybe();
+    if (!page_new(h, cls)) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+  }
+}
+
+void heap_page_empty(Heap* h, Page* pg) {
+  queue_remove(h, pg);
+  retire(pg);
+}
+
+void heap_page_unfull(Heap* h, Page* pg) {
+  full_remove(h, pg);
+  pg->in_full.store(0, std::memory_order_relaxed);
+  pg->owner_fast.store(h, std::memory_order_relaxed);
+  queue_push_back(h, pg);
+}
+
+void maintenance_maybe() {
+  uint64_t now = os_now_ms();
+  if (now - g_last_purge_ms < (g_options.purge_delay_ms + 1) / 2 + 1) return;
+  if (pthread_mutex_trylock(&g_lock) != 0) return;
+  segment_purge_locked(now, false);
+  sweep_abandoned_locked(now);
+  pthread_mutex_unlock(&g_lock);
+}
+
+void heap_collect(Heap* h, bool force) {
+  if (h != &g_empty_heap) {
+    unfull_remote(h);
+    for (unsigned c = 0; c < kNumClasses; c++) {
+      Page* pg = h->queues[c].first;
+      while (pg) {
+        Page* next = pg->next;
+        page_collect(pg);
+        if (pg->used == 0 && (force || !pg->is_head)) heap_page_empty(h, pg);
+        pg = next;
+      }
+    }
+  }
+  LockGuard g;
+  uint64_t now = os_now_ms();
+  sweep_abandoned_locked(now);
+  segment_purge_locked(now, force);
+}
+
+void heap_thread_exit(void* v) {
+  Heap* h = static_cast<Heap*>(v);
+  if (!h) return;
+  if (t_heap == h) t_heap = &g_empty_heap;
+  LockGuard g;
+  heap_abandon_locked(h);
+}
+
+void heap_fork_child() {
+  // Only the forking thread lives on: every other heap is orphaned.
+  LockGuard g;
+  for (Heap* h = g_heaps; h; h = h->next)
+    if (h->live && h != t_heap) heap_abandon_locked(h);
+}
+
+void heap_stats_sum(uint64_t* remote_frees, uint64_t* pages_adopted) {
+  uint64_t r = 0, a = 0;
+  for (Heap* h = g_heaps; h; h = h->next) {
+    r += __atomic_load_n(&h->remote_frees, __ATOMIC_RELAXED);
+    a += __atomic_load_n(&h->pages_adopted, __ATOMIC_RELAXED);
+  }
+  *remote_frees = r;
+  *pages_adopted = a;
+}
+
+}  // namespace am

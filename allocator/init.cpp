@@ -1,0 +1,60 @@
+// Process start and end, fork, and the global lock.
+#include <pthread.h>
+
+#include <atomic>
+
+#include "allocator/format.h"
+#include "allocator/heap.h"
+#include "allocator/lock.h"
+#include "allocator/options.h"
+#include "amalloc/amalloc.h"
+
+namespace am {
+
+pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+
+namespace {
+
+std::atomic<uint8_t> g_inited;
+
+void fork_prepare() { pthread_mutex_lock(&g_lock); }
+void fork_parent() { pthread_mutex_unlock(&g_lock); }
+void fork_child() {
+  pthread_mutex_init(&g_lock, nullptr);
+  heap_fork_child();
+}
+
+void print_options() {
+  Out o;
+  o.str("amalloc ").str(AMALLOC_VERSION_STRING).str(": stats=").num(g_options.stats)
+      .str(" bad_free=").str(g_options.bad_free == kBadFreeAbort ? "abort" : "report")
+      .str(" purge_delay=").num(g_options.purge_delay_ms).str("ms segment_cache=")
+      .num(g_options.segment_cache).ch('\n').flush(2);
+}
+
+}  // namespace
+
+// First allocation of the process, which may come before constructors (or
+// from inside the dynamic loader): read what environment there is.
+void global_init() {
+  if (g_inited.load(std::memory_order_acquire)) return;
+  LockGuard g;
+  if (!g_inited.load(std::memory_order_relaxed) && options_init())
+    g_inited.store(1, std::memory_order_release);
+}
+
+}  // namespace am
+
+using namespace am;
+
+__attribute__((constructor(101))) static void amalloc_start() {
+  // Reads the options unless an earlier allocation already could.
+  global_init();
+  pthread_atfork(fork_prepare, fork_parent, fork_child);
+  if (g_options.verbose) print_options();
+}
+
+__attribute__((destructor(101))) static void amalloc_end() {
+  if (g_options.stats == kStatsText) am_stats_print();
+  else if (g_options.stats == kStatsJson) am_stats_print_json();
+}

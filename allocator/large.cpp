@@ -1,0 +1,93 @@
+#include "allocator/large.h"
+
+#include <errno.h>
+
+#include <cstring>
+
+#include "allocator/lock.h"
+#include "allocator/os.h"
+#include "allocator/page.h"
+#include "allocator/segment.h"
+#include "allocator/stats.h"
+
+namespace am {
+
+namespace {
+
+size_t round_page(size_t n) { return (n + kOsPage - 1) & ~(kOsPage - 1); }
+
+// Only offset 0 passes the block check of a large page.
+constexpr uint64_t kLargeDivc = divisibility_magic(uint64_t{1} << 32);
+
+}  // namespace
+
+void* large_alloc(size_t size, size_t align, bool zero) {
+  size_t bsize = round_page(size);
+  size_t off;
+  Segment* s;
+  {
+    LockGuard g;
+    s = segment_large_alloc_locked(bsize, align, &off);
+  }
+  if (!s) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  Page* pg = &s->pages[0];
+  pg->start = reinterpret_cast<uint8_t*>(s) + off;
+  pg->block_size = bsize;
+  pg->divc = kLargeDivc;
+  pg->capacity = pg->reserved = pg->used = 1;
+  pg->kind = kKindLarge;
+  pg->in_use = 1;
+  pg->owner_fast.store(nullptr, std::memory_order_relaxed);
+  pg->heap.store(nullptr, std::memory_order_relaxed);
+  s->used_pages = 1;
+  stats_add(g_os_stats.large_allocs, 1);
+  if (zero && !s->fresh) memset(pg->start, 0, size);
+  return pg->start;
+}
+
+void large_free(Page* pg) {
+  Segment* s = segment_of_page(pg);
+  pg->in_use = 0;
+  LockGuard g;
+  segment_large_free_locked(s, os_now_ms());
+}
+
+void* large_resize(Page* pg, size_t size) {
+  Segment* s = segment_of_page(pg);
+  size_t off = static_cast<size_t>(pg->start - reinterpret_cast<uint8_t*>(s));
+  size_t bsize = round_page(size);
+  size_t old = pg->block_size;
+  if (off + bsize <= s->mapped_size) {
+    // Shrinking a huge block by more than half gives the tail back.
+    if (s->mapped_size > kSegmentSize && bsize < old / 2) {
+      LockGuard g;
+      size_t mapped = round_page(off + bsize);
+      if (mapped < kSegmentSize) mapped = kSegmentSize;
+      Segment* r = segment_large_remap_locked(s, mapped);
+      if (r) s = r;
+    } else if (bsize < old) {
+      os_purge(pg->start + bsize, old - bsize);
+    }
+    pg = &s->pages[0];
+    pg->block_size = bsize;
+    return pg->start;
+  }
+  // Grow the mapping, with slack so that a block grown in small steps does
+  // not remap every time (untouched slack costs no memory).
+  size_t want = round_page(off + bsize + bsize / 8);
+  Segment* r;
+  {
+    LockGuard g;
+    r = segment_large_remap_locked(s, want);
+  }
+  if (!r) return nullptr;
+  pg = &r->pages[0];
+  pg->start = reinterpret_cast<uint8_t*>(r) + off;
+  pg->block_size = bsize;
+  return pg->start;
+}
+
+}  // namespace am

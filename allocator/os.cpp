@@ -1,0 +1,123 @@
+#include "allocator/os.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "allocator/config.h"
+#include "allocator/stats.h"
+
+namespace am {
+
+namespace {
+
+// Keep errno as the caller left it: a failed mmap must not leak its errno
+// into a successful malloc.
+struct ErrnoGuard {
+  int saved = errno;
+  ~ErrnoGuard() { errno = saved; }
+};
+
+bool in_range(void* p, size_t size) {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return a + size <= (uintptr_t{1} << kAddressBits);
+}
+
+}  // namespace
+
+void* os_map_aligned(size_t size, size_t align) {
+  ErrnoGuard guard;
+  constexpr int kProt = PROT_READ | PROT_WRITE;
+  constexpr int kFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  if (size + align < size) return nullptr;
+  // Over-map by the alignment and trim both ends.
+  size_t total = size + align;
+  void* raw = mmap(nullptr, total, kProt, kFlags, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  stats_add(g_os_stats.mmap_calls, 1);
+  uintptr_t a = reinterpret_cast<uintptr_t>(raw);
+  uintptr_t aligned = (a + align - 1) & ~(uintptr_t{align} - 1);
+  if (aligned > a) munmap(raw, aligned - a);
+  uintptr_t end = a + total;
+  if (end > aligned + size) munmap(reinterpret_cast<void*>(aligned + size), end - (aligned + size));
+  void* p = reinterpret_cast<void*>(aligned);
+  if (!in_range(p, size)) {
+    munmap(p, size);
+    return nullptr;
+  }
+  stats_add(g_os_stats.reserved_bytes, size);
+  return p;
+}
+
+void os_unmap(void* p, size_t size) {
+  ErrnoGuard guard;
+  munmap(p, size);
+  stats_add(g_os_stats.munmap_calls, 1);
+  stats_sub(g_os_stats.reserved_bytes, size);
+}
+
+void os_purge(void* p, size_t size) {
+  ErrnoGuard guard;
+  // MADV_DONTNEED, not MADV_FREE: RSS drops now, so it tells the truth.
+  madvise(p, size, MADV_DONTNEED);
+  stats_add(g_os_stats.purged_bytes, size);
+  stats_add(g_os_stats.purge_calls, 1);
+}
+
+void* os_remap_aligned(void* p, size_t old_size, size_t new_size, size_t align) {
+  ErrnoGuard guard;
+  // In place first (shrinking always is; growing is when the range after
+  // the mapping is free).
+  void* r = mremap(p, old_size, new_size, 0);
+  if (r != MAP_FAILED) {
+    stats_add(g_os_stats.mmap_calls, 1);
+    stats_add(g_os_stats.reserved_bytes, new_size);
+    stats_sub(g_os_stats.reserved_bytes, old_size);
+    return r;
+  }
+  // Reserve an aligned range and move the pages there: the kernel moves
+  // page tables, no byte is copied.
+  size_t total = new_size + align;
+  void* res = mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (res == MAP_FAILED) return nullptr;
+  uintptr_t a = reinterpret_cast<uintptr_t>(res);
+  uintptr_t target = (a + align - 1) & ~(uintptr_t{align} - 1);
+  if (!in_range(reinterpret_cast<void*>(target), new_size)) {
+    munmap(res, total);
+    return nullptr;
+  }
+  r = mremap(p, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(target));
+  if (r == MAP_FAILED) {
+    munmap(res, total);
+    return nullptr;
+  }
+  if (target > a) munmap(res, target - a);
+  uintptr_t end = a + total;
+  if (end > target + new_size) munmap(reinterpret_cast<void*>(target + new_size), end - (target + new_size));
+  stats_add(g_os_stats.mmap_calls, 1);
+  stats_add(g_os_stats.reserved_bytes, new_size);
+  stats_sub(g_os_stats.reserved_bytes, old_size);
+  return r;
+}
+
+uint64_t os_now_ms() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+}
+
+void os_write(int fd, const char* s, size_t n) {
+  ErrnoGuard guard;
+  while (n > 0) {
+    ssize_t w = write(fd, s, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    s += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+}  // namespace am

@@ -1,0 +1,20 @@
+// The only place that talks to the kernel: mapping, purging, time, output.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace am {
+
+// Anonymous read-write memory of `size` bytes aligned to `align` (a power
+// of two, at least the OS page). nullptr on failure; errno untouched.
+void* os_map_aligned(size_t size, size_t align);
+void os_unmap(void* p, size_t size);
+// Give the pages back (contents become zero); the range stays mapped.
+void os_purge(void* p, size_t size);
+// Grow or shrink a mapping at `p` to `new_size`, keeping it aligned to
+// `align`; moves the pages (never copies). nullptr on failure.
+void* os_remap_aligned(void* p, size_t old_size, size_t new_size, size_t align);
+uint64_t os_now_ms();
+void os_write(int fd, const char* s, size_t n);
+
+}  // namespace am

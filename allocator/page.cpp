@@ -1,0 +1,60 @@
+#include "allocator/page.h"
+
+#include "allocator/segment.h"
+
+namespace am {
+
+void page_init(Page* pg, unsigned cls, Heap* h) {
+  Segment* s = segment_of_page(pg);
+  size_t bs = kClassSize[cls];
+  pg->start = page_area(s, pg);
+  pg->block_size = bs;
+  pg->divc = divisibility_magic(bs);
+  pg->reserved = static_cast<uint32_t>(page_area_size(s) / bs);
+  pg->capacity = 0;
+  pg->used = 0;
+  pg->free = nullptr;
+  pg->cls = static_cast<uint8_t>(cls);
+  pg->is_head = 0;
+  pg->abandoned = 0;
+  pg->dirty = 1;
+  pg->next = pg->prev = nullptr;
+  pg->xthread_free.store(nullptr, std::memory_order_relaxed);
+  pg->in_full.store(0, std::memory_order_relaxed);
+  pg->heap.store(h, std::memory_order_relaxed);
+  pg->owner_fast.store(h, std::memory_order_relaxed);
+}
+
+bool page_extend(Page* pg) {
+  uint32_t left = pg->reserved - pg->capacity;
+  if (left == 0) return false;
+  uint32_t n = static_cast<uint32_t>(kExtendBytes / pg->block_size);
+  if (n == 0) n = 1;
+  if (n > left) n = left;
+  uint8_t* first = pg->start + size_t{pg->capacity} * pg->block_size;
+  uint8_t* b = first;
+  for (uint32_t i = 1; i < n; i++, b += pg->block_size)
+    reinterpret_cast<Block*>(b)->next = reinterpret_cast<Block*>(b + pg->block_size);
+  reinterpret_cast<Block*>(b)->next = pg->free;
+  pg->free = reinterpret_cast<Block*>(first);
+  pg->capacity += n;
+  return true;
+}
+
+uint32_t page_collect(Page* pg) {
+  if (pg->xthread_free.load(std::memory_order_relaxed) == nullptr) return 0;
+  Block* list = pg->xthread_free.exchange(nullptr, std::memory_order_acquire);
+  if (!list) return 0;
+  uint32_t n = 1;
+  Block* tail = list;
+  while (tail->next) {
+    tail = tail->next;
+    n++;
+  }
+  tail->next = pg->free;
+  pg->free = list;
+  pg->used -= n;
+  return n;
+}
+
+}  // namespace am

@@ -1,0 +1,249 @@
+#include "allocator/segment.h"
+
+#include <cstring>
+
+#include "allocator/options.h"
+#include "allocator/os.h"
+#include "allocator/stats.h"
+
+namespace am {
+
+alignas(64) uint8_t g_segmap[kSegmapSize];
+uint64_t g_last_purge_ms;
+
+namespace {
+
+Segment* g_partial[3];  // by page kind: segments with a free page slot
+Segment* g_cache;       // empty standard-size segments, newest first
+uint32_t g_cache_count;
+Segment* g_all;  // every live segment
+
+void list_push(Segment*& head, Segment* s) {
+  s->prev = nullptr;
+  s->next = head;
+  if (head) head->prev = s;
+  head = s;
+}
+
+void list_remove(Segment*& head, Segment* s) {
+  if (s->prev) s->prev->next = s->next;
+  else head = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->next = s->prev = nullptr;
+}
+
+void all_push(Segment* s) {
+  s->all_prev = nullptr;
+  s->all_next = g_all;
+  if (g_all) g_all->all_prev = s;
+  g_all = s;
+}
+
+void all_remove(Segment* s) {
+  if (s->all_prev) s->all_prev->all_next = s->all_next;
+  else g_all = s->all_next;
+  if (s->all_next) s->all_next->all_prev = s->all_prev;
+}
+
+void segmap_set(Segment* s, uint8_t shift) {
+  g_segmap[reinterpret_cast<uintptr_t>(s) >> kSegmentShift] = shift;
+}
+
+// A standard (4 MiB) segment, from the cache or the OS, with a clean header.
+Segment* segment_take(uint8_t kind, uint8_t shift, uint32_t page_count) {
+  Segment* s = g_cache;
+  bool dirty = false;
+  uint64_t cached_at = 0;
+  if (s) {
+    g_cache = s->next;
+    g_cache_count--;
+    dirty = !s->purged;
+    cached_at = s->cached_at;
+  } else {
+    s = static_cast<Segment*>(os_map_aligned(kSegmentSize, kSegmentSize));
+    if (!s) return nullptr;
+  }
+  memset(static_cast<void*>(s), 0, sizeof(Segment));
+  s->kind = kind;
+  s->page_shift = shift;
+  s->page_count = page_count;
+  s->mapped_size = kSegmentSize;
+  s->fresh = !dirty;
+  for (uint32_t i = 0; i < page_count; i++) {
+    s->pages[i].dirty = dirty;
+    s->pages[i].retired_at = cached_at;
+  }
+  all_push(s);
+  segmap_set(s, shift);
+  return s;
+}
+
+void segment_give_back(Segment* s, uint64_t now) {
+  segmap_set(s, 0);
+  all_remove(s);
+  if (s->mapped_size == kSegmentSize && g_cache_count < g_options.segment_cache) {
+    s->cached_at = now;
+    s->purged = 0;
+    if (g_options.purge_delay_ms == 0) {
+      os_purge(s, kSegmentSize);
+      s->purged = 1;
+    }
+    s->next = g_cache;
+    g_cache = s;
+    g_cache_count++;
+  } else {
+    os_unmap(s, s->mapped_size);
+  }
+}
+
+}  // namespace
+
+Page* segment_page_alloc_locked(uint8_t kind) {
+  Segment* s = g_partial[kind];
+  if (!s) {
+    s = kind == kKindSmall ? segment_take(kSegSmall, kSmallPageShift, kSegmentSize >> kSmallPageShift)
+                           : segment_take(kSegMedium, kMediumPageShift, kSegmentSize >> kMediumPageShift);
+    if (!s) return nullptr;
+    list_push(g_partial[kind], s);
+    s->in_partial = 1;
+  }
+  // Page 0 holds the header. Prefer a slot whose memory is still resident.
+  Page* pick = nullptr;
+  for (uint32_t i = 1; i < s->page_count; i++) {
+    Page* pg = &s->pages[i];
+    if (pg->in_use) continue;
+    if (pg->dirty) {
+      pick = pg;
+      break;
+    }
+    if (!pick) pick = pg;
+  }
+  pick->in_use = 1;
+  pick->kind = kind;
+  if (++s->used_pages == s->page_count - 1) {
+    list_remove(g_partial[kind], s);
+    s->in_partial = 0;
+  }
+  return pick;
+}
+
+void segment_page_free_locked(Page* pg, uint64_t now) {
+  Segment* s = segment_of_page(pg);
+  pg->in_use = 0;
+  pg->kind = kKindNone;
+  pg->dirty = 1;
+  pg->retired_at = now;
+  pg->free = nullptr;
+  pg->used = 0;
+  pg->capacity = 0;
+  pg->block_size = 0;
+  pg->owner_fast.store(nullptr, std::memory_order_relaxed);
+  pg->heap.store(nullptr, std::memory_order_relaxed);
+  uint8_t kind = s->kind == kSegSmall ? kKindSmall : kKindMedium;
+  if (--s->used_pages == 0) {
+    if (s->in_partial) list_remove(g_partial[kind], s);
+    segment_give_back(s, now);
+    return;
+  }
+  if (!s->in_partial) {
+    list_push(g_partial[kind], s);
+    s->in_partial = 1;
+  }
+  if (g_options.purge_delay_ms == 0) {
+    os_purge(page_area(s, pg), page_area_size(s));
+    pg->dirty = 0;
+  }
+}
+
+Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
+  size_t off = kLargeOffset;
+  if (align > off) off = align;
+  size_t need = off + size;
+  Segment* s;
+  if (need <= kSegmentSize && align <= kSegmentSize) {
+    s = segment_take(kSegLarge, kLargePageShift, 1);
+    if (!s) return nullptr;
+  } else {
+    size_t seg_align = align > kSegmentSize ? align : kSegmentSize;
+    size_t mapped = (need + kOsPage - 1) & ~(kOsPage - 1);
+    s = static_cast<Segment*>(os_map_aligned(mapped, seg_align));
+    if (!s) return nullptr;
+    s->kind = kSegLarge;
+    s->page_shift = kLargePageShift;
+    s->page_count = 1;
+    s->mapped_size = mapped;
+    s->fresh = 1;
+    all_push(s);
+    segmap_set(s, kLargePageShift);
+  }
+  s->used_pages = 1;
+  *offset = off;
+  return s;
+}
+
+void segment_large_free_locked(Segment* s, uint64_t now) { segment_give_back(s, now); }
+
+Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
+  segmap_set(s, 0);
+  all_remove(s);
+  auto* r = static_cast<Segment*>(os_remap_aligned(s, s->mapped_size, new_mapped, kSegmentSize));
+  Segment* live = r ? r : s;
+  if (r) {
+    r->mapped_size = new_mapped;
+    stats_add(g_os_stats.huge_remaps, 1);
+  }
+  all_push(live);
+  segmap_set(live, kLargePageShift);
+  return r;
+}
+
+void segment_purge_locked(uint64_t now, bool force) {
+  uint64_t delay = g_options.purge_delay_ms;
+  g_last_purge_ms = now;
+  for (Segment* s = g_cache; s; s = s->next) {
+    if (!s->purged && (force || now - s->cached_at >= delay)) {
+      os_purge(s, kSegmentSize);
+      s->purged = 1;
+    }
+  }
+  for (Segment* s = g_all; s; s = s->all_next) {
+    if (s->kind == kSegLarge) continue;
+    for (uint32_t i = 1; i < s->page_count; i++) {
+      Page* pg = &s->pages[i];
+      if (!pg->in_use && pg->dirty && (force || now - pg->retired_at >= delay)) {
+        os_purge(page_area(s, pg), page_area_size(s));
+        pg->dirty = 0;
+      }
+    }
+  }
+}
+
+SegmentTotals segment_totals_locked() {
+  SegmentTotals t{};
+  for (Segment* s = g_cache; s; s = s->next)
+    if (!s->purged) t.committed += kSegmentSize;
+  for (Segment* s = g_all; s; s = s->all_next) {
+    t.segments++;
+    if (s->kind == kSegLarge) {
+      const Page& pg = s->pages[0];
+      t.large_blocks++;
+      t.in_use += pg.block_size;
+      t.committed += (pg.start - reinterpret_cast<uint8_t*>(s)) + pg.block_size;
+      continue;
+    }
+    t.committed += kLargeOffset > sizeof(Segment) ? sizeof(Segment) : kLargeOffset;
+    for (uint32_t i = 1; i < s->page_count; i++) {
+      const Page& pg = s->pages[i];
+      if (pg.in_use) {
+        t.pages_in_use++;
+        t.in_use += uint64_t{__atomic_load_n(&pg.used, __ATOMIC_RELAXED)} * pg.block_size;
+        t.committed += uint64_t{pg.capacity} * pg.block_size;
+      } else if (pg.dirty) {
+        t.committed += page_area_size(s);
+      }
+    }
+  }
+  return t;
+}
+
+}  // namespace am

@@ -1,0 +1,68 @@
+// Segments: the segment map (is this pointer ours?), page slots, large and
+// huge segments, the cache of empty segments, and purging.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "allocator/config.h"
+#include "allocator/types.h"
+
+namespace am {
+
+// One byte per 4 MiB of address space: the page shift of the segment that
+// starts there, or 0. A static array: untouched parts cost no memory.
+extern uint8_t g_segmap[kSegmapSize];
+
+// The page shift of the segment holding `a`, or 0 when `a` is not in a
+// segment's first 4 MiB (not ours, NULL, or garbage: never faults).
+AM_INLINE unsigned segmap_shift(uintptr_t a) {
+  uintptr_t idx = a >> kSegmentShift;
+  if (AM_UNLIKELY(idx >= kSegmapSize)) return 0;
+  return g_segmap[idx];
+}
+
+AM_INLINE Segment* segment_of(uintptr_t a) { return reinterpret_cast<Segment*>(a & ~kSegmentMask); }
+
+AM_INLINE Page* page_of(uintptr_t a, unsigned shift) {
+  return &segment_of(a)->pages[(a & kSegmentMask) >> shift];
+}
+
+inline uint8_t* page_area(Segment* s, const Page* pg) {
+  return reinterpret_cast<uint8_t*>(s) + (static_cast<size_t>(pg - s->pages) << s->page_shift);
+}
+inline size_t page_area_size(const Segment* s) { return size_t{1} << s->page_shift; }
+inline Segment* segment_of_page(const Page* pg) {
+  return segment_of(reinterpret_cast<uintptr_t>(pg));
+}
+
+// All of the following run under g_lock.
+
+// A free page slot of the given kind (kKindSmall / kKindMedium), marked in
+// use; nullptr when the OS has no memory.
+Page* segment_page_alloc_locked(uint8_t kind);
+// Give a page slot back (its blocks are all free).
+void segment_page_free_locked(Page* pg, uint64_t now);
+// A segment for one block of `size` bytes at an `align`-aligned offset of
+// at least kLargeOffset; returns the block's offset in *offset.
+Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset);
+// Release a large/huge segment (to the cache or the OS).
+void segment_large_free_locked(Segment* s, uint64_t now);
+// Remap a large/huge segment to `new_mapped` bytes (moving it if needed).
+Segment* segment_large_remap_locked(Segment* s, size_t new_mapped);
+// Return memory that has been free for longer than the purge delay (all
+// free memory when `force`).
+void segment_purge_locked(uint64_t now, bool force);
+
+struct SegmentTotals {
+  uint64_t committed;
+  uint64_t in_use;
+  uint64_t segments;
+  uint64_t pages_in_use;
+  uint64_t large_blocks;
+};
+SegmentTotals segment_totals_locked();
+
+// After fork in the child: nothing to do today; kept for symmetry.
+extern uint64_t g_last_purge_ms;
+
+}  // namespace am

@@ -1,0 +1,85 @@
+// Counters and the reports (text and JSON), written without malloc.
+#include "allocator/stats.h"
+
+#include <unistd.h>
+
+#include "allocator/format.h"
+#include "allocator/heap.h"
+#include "allocator/lock.h"
+#include "allocator/segment.h"
+#include "amalloc/amalloc.h"
+
+namespace am {
+
+OsStats g_os_stats;
+
+}  // namespace am
+
+using namespace am;
+
+extern "C" void am_stats_get(am_stats_t* out) {
+  SegmentTotals t;
+  uint64_t remote, adopted;
+  {
+    LockGuard g;
+    t = segment_totals_locked();
+    heap_stats_sum(&remote, &adopted);
+  }
+  auto rd = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };
+  *out = am_stats_t{};
+  out->reserved_bytes = rd(g_os_stats.reserved_bytes);
+  out->committed_bytes = t.committed;
+  out->in_use_bytes = t.in_use;
+  out->segments = t.segments;
+  out->pages_in_use = t.pages_in_use;
+  out->large_blocks = t.large_blocks;
+  out->mmap_calls = rd(g_os_stats.mmap_calls);
+  out->munmap_calls = rd(g_os_stats.munmap_calls);
+  out->purged_bytes = rd(g_os_stats.purged_bytes);
+  out->remote_frees = remote;
+  out->heaps_created = rd(g_os_stats.heaps_created);
+  out->heaps_abandoned = rd(g_os_stats.heaps_abandoned);
+  out->pages_adopted = adopted;
+  out->bad_frees = rd(g_os_stats.bad_frees);
+}
+
+extern "C" void am_stats_print(void) {
+  am_stats_t s;
+  am_stats_get(&s);
+  Out o;
+  o.str("amalloc ").str(AMALLOC_VERSION_STRING).str(" stats (pid ").num(static_cast<uint64_t>(getpid())).str(")\n");
+  o.str("  in use:     ").bytes(s.in_use_bytes).str(" in ").num(s.pages_in_use).str(" pages and ")
+      .num(s.large_blocks).str(" large blocks\n");
+  o.str("  committed:  ").bytes(s.committed_bytes).str(" (reserved ").bytes(s.reserved_bytes).str(" in ")
+      .num(s.segments).str(" segments)\n");
+  o.str("  os:         ").num(s.mmap_calls).str(" maps, ").num(s.munmap_calls).str(" unmaps, ")
+      .bytes(s.purged_bytes).str(" purged\n");
+  o.str("  threads:    ").num(s.heaps_created).str(" heaps made, ").num(s.heaps_abandoned)
+      .str(" abandoned, ").num(s.pages_adopted).str(" pages adopted\n");
+  o.str("  frees:      ").num(s.remote_frees).str(" from other threads, ").num(s.bad_frees)
+      .str(" invalid\n");
+  o.flush(2);
+}
+
+extern "C" void am_stats_print_json(void) {
+  am_stats_t s;
+  am_stats_get(&s);
+  Out o;
+  o.str("{\"amalloc\":\"").str(AMALLOC_VERSION_STRING).str("\",\"pid\":").num(static_cast<uint64_t>(getpid()));
+  auto field = [&o](const char* name, uint64_t v) { o.str(",\"").str(name).str("\":").num(v); };
+  field("in_use_bytes", s.in_use_bytes);
+  field("committed_bytes", s.committed_bytes);
+  field("reserved_bytes", s.reserved_bytes);
+  field("segments", s.segments);
+  field("pages_in_use", s.pages_in_use);
+  field("large_blocks", s.large_blocks);
+  field("mmap_calls", s.mmap_calls);
+  field("munmap_calls", s.munmap_calls);
+  field("purged_bytes", s.purged_bytes);
+  field("remote_frees", s.remote_frees);
+  field("heaps_created", s.heaps_created);
+  field("heaps_abandoned", s.heaps_abandoned);
+  field("pages_adopted", s.pages_adopted);
+  field("bad_frees", s.bad_frees);
+  o.str("}\n").flush(2);
+}

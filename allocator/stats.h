@@ -1,0 +1,26 @@
+// Process-wide counters kept by the slow paths (never the fast path).
+#pragma once
+#include <atomic>
+#include <cstdint>
+
+namespace am {
+
+struct OsStats {
+  std::atomic<uint64_t> reserved_bytes;
+  std::atomic<uint64_t> mmap_calls;
+  std::atomic<uint64_t> munmap_calls;
+  std::atomic<uint64_t> purged_bytes;
+  std::atomic<uint64_t> purge_calls;
+  std::atomic<uint64_t> heaps_created;
+  std::atomic<uint64_t> heaps_abandoned;
+  std::atomic<uint64_t> bad_frees;
+  std::atomic<uint64_t> large_allocs;
+  std::atomic<uint64_t> huge_remaps;
+};
+
+extern OsStats g_os_stats;
+
+inline void stats_add(std::atomic<uint64_t>& c, uint64_t n) { c.fetch_add(n, std::memory_order_relaxed); }
+inline void stats_sub(std::atomic<uint64_t>& c, uint64_t n) { c.fetch_sub(n, std::memory_order_relaxed); }
+
+}  // namespace am

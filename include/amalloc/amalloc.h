@@ -1,0 +1,105 @@
+/* amalloc: an async-aware malloc replacement. The C API.
+ *
+ * Every function here works whether or not amalloc also replaces the
+ * process's malloc (LD_PRELOAD of libamalloc.so, or linking libamalloc.a):
+ * the am_* family always allocates from amalloc. Memory from am_* must be
+ * released with am_* (or with free() when amalloc is the process malloc).
+ *
+ * Errors follow glibc: NULL with errno = ENOMEM on exhaustion or overflow,
+ * EINVAL for an invalid alignment.
+ */
+#ifndef AMALLOC_AMALLOC_H
+#define AMALLOC_AMALLOC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define AMALLOC_VERSION_MAJOR 0
+#define AMALLOC_VERSION_MINOR 1
+#define AMALLOC_VERSION_PATCH 0
+#define AMALLOC_VERSION_STRING "0.1.0"
+
+#if defined(__GNUC__)
+#define AM_API __attribute__((visibility("default")))
+#define AM_MALLOC_ATTR __attribute__((malloc, warn_unused_result))
+#else
+#define AM_API
+#define AM_MALLOC_ATTR
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- the malloc family ---------------------------------------------- */
+
+/* malloc(3): at least `size` bytes, 16-byte aligned; a unique pointer for 0. */
+AM_API void* am_malloc(size_t size) AM_MALLOC_ATTR;
+/* calloc(3): zeroed; NULL + ENOMEM when count*size overflows. */
+AM_API void* am_calloc(size_t count, size_t size) AM_MALLOC_ATTR;
+/* realloc(3) with glibc 2.36 semantics: realloc(NULL, n) == malloc(n);
+ * realloc(p, 0) frees p and returns NULL; on failure p is left intact. */
+AM_API void* am_realloc(void* p, size_t size);
+/* reallocarray(3): realloc(p, count*size) with overflow checking. */
+AM_API void* am_reallocarray(void* p, size_t count, size_t size);
+/* free(3). Invalid pointers and immediate double frees are reported (see
+ * AMALLOC_BAD_FREE). NULL is ignored. */
+AM_API void am_free(void* p);
+/* free with the size the block was requested with (sized delete). */
+AM_API void am_free_sized(void* p, size_t size);
+/* memalign(3): `alignment` must be a power of two (EINVAL otherwise). */
+AM_API void* am_memalign(size_t alignment, size_t size) AM_MALLOC_ATTR;
+/* posix_memalign(3): returns 0, EINVAL or ENOMEM; *out untouched on error. */
+AM_API int am_posix_memalign(void** out, size_t alignment, size_t size);
+/* aligned_alloc(3) (C11): any power-of-two alignment, as glibc accepts. */
+AM_API void* am_aligned_alloc(size_t alignment, size_t size) AM_MALLOC_ATTR;
+/* valloc(3) / pvalloc(3): page aligned (pvalloc rounds the size up to pages). */
+AM_API void* am_valloc(size_t size) AM_MALLOC_ATTR;
+AM_API void* am_pvalloc(size_t size) AM_MALLOC_ATTR;
+/* malloc_usable_size(3): bytes usable at p (>= the request); 0 for NULL. */
+AM_API size_t am_usable_size(const void* p);
+
+/* ---- introspection ---------------------------------------------------- */
+
+/* "0.1.0". */
+AM_API const char* am_version(void);
+/* 1 if p points into memory amalloc manages (a block or not), else 0.
+ * Never faults, whatever p is. */
+AM_API int am_owns(const void* p);
+
+/* Give memory back now: collect frees from other threads into the calling
+ * thread's heap, retire its empty pages, and purge what has been empty for
+ * longer than the purge delay (everything empty when `force` is non-zero). */
+AM_API void am_collect(int force);
+
+/* Counters for the whole process. Byte figures are approximate while other
+ * threads allocate. */
+typedef struct am_stats_s {
+  uint64_t reserved_bytes;   /* address space mapped from the OS */
+  uint64_t committed_bytes;  /* mapped and not purged (an upper bound of RSS) */
+  uint64_t in_use_bytes;     /* bytes in live blocks (block sizes, not requests) */
+  uint64_t segments;         /* live segments (small, medium, large and huge) */
+  uint64_t pages_in_use;     /* small and medium pages that hold blocks */
+  uint64_t large_blocks;     /* live blocks that own a whole segment */
+  uint64_t mmap_calls;       /* mappings made (including mremap) */
+  uint64_t munmap_calls;     /* mappings released */
+  uint64_t purged_bytes;     /* bytes returned with madvise over the lifetime */
+  uint64_t remote_frees;     /* frees of blocks owned by another thread */
+  uint64_t heaps_created;    /* thread heaps made */
+  uint64_t heaps_abandoned;  /* thread heaps given up at thread exit or fork */
+  uint64_t pages_adopted;    /* pages taken over from exited threads */
+  uint64_t bad_frees;        /* invalid or double frees detected */
+} am_stats_t;
+
+AM_API void am_stats_get(am_stats_t* out);
+/* A short human-readable report to stderr (what AMALLOC_STATS=1 prints at
+ * exit). Never calls malloc. */
+AM_API void am_stats_print(void);
+/* The same counters as one line of JSON to stderr (AMALLOC_STATS=json). */
+AM_API void am_stats_print_json(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AMALLOC_AMALLOC_H */
