@@ -11,7 +11,7 @@
 namespace am {
 
 void* malloc_slow(size_t size);
-void free_slow(void* p, Page* pg, Heap* h);
+void free_slow(void* p, Page* slot);
 void free_not_ours(void* p);
 void free_bad_block(void* p, Page* pg);
 
@@ -30,21 +30,23 @@ AM_INLINE void* malloc_fast(size_t size) {
   return malloc_slow(size);
 }
 
-// Segment map -> page -> owner check -> block check -> push. NULL, foreign
+// Segment map -> slot page -> owner check -> block check -> push. NULL, foreign
 // pointers, remote frees and full pages all leave through one branch each.
 AM_INLINE void free_fast(void* p) {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  unsigned shift = segmap_shift(a);
-  if (AM_UNLIKELY(shift == 0)) return free_not_ours(p);
-  Page* pg = page_of(a, shift);
-  Heap* h = t_heap;
-  if (AM_UNLIKELY(pg->owner_fast.load(std::memory_order_relaxed) != h)) return free_slow(p, pg, h);
+  if (AM_UNLIKELY(!segmap_has(a))) return free_not_ours(p);
+  Page* pg = slot_page(a);
+  if (AM_UNLIKELY(pg->owner_thread.load(std::memory_order_relaxed) != thread_pointer()))
+    return free_slow(p, pg);
+  // On the fast path the block lies in its page's first slot, which starts
+  // at a 64 KiB boundary: its offset is the low 16 bits.
+  uint64_t off = a & (kSlotSize - 1);
   Block* head = pg->free;
-  if (AM_UNLIKELY(!is_block_start(pg, a) || p == head)) return free_bad_block(p, pg);
+  if (AM_UNLIKELY(off * pg->divc >= pg->divc || p == head)) return free_bad_block(p, pg);
   Block* b = static_cast<Block*>(p);
   b->next = head;
   pg->free = b;
-  if (AM_UNLIKELY(--pg->used == 0) && !pg->is_head) heap_page_empty(h, pg);
+  if (AM_UNLIKELY(--pg->used == 0)) page_emptied(pg);
 }
 
 }  // namespace am

@@ -19,14 +19,15 @@ constexpr unsigned kSegmentShift = 22;
 constexpr size_t kSegmentSize = size_t{1} << kSegmentShift;
 constexpr uintptr_t kSegmentMask = kSegmentSize - 1;
 
-// Small pages (64 KiB) hold classes up to 8 KiB; medium pages (512 KiB)
-// classes up to 64 KiB: at least 8 blocks a page either way.
-constexpr unsigned kSmallPageShift = 16;
-constexpr unsigned kMediumPageShift = 19;
-constexpr unsigned kLargePageShift = kSegmentShift;  // one page: the segment
+// A segment is 64 slots of 64 KiB. Small pages (one slot) hold classes up
+// to 8 KiB; medium pages (8 slots, 512 KiB) classes up to 64 KiB: at least
+// 8 blocks a page either way.
+constexpr unsigned kSlotShift = 16;
+constexpr size_t kSlotSize = size_t{1} << kSlotShift;
+constexpr unsigned kMediumSpan = 8;
 constexpr size_t kSmallMax = 8 * 1024;
 constexpr size_t kMediumMax = 64 * 1024;
-constexpr unsigned kMaxPages = kSegmentSize >> kSmallPageShift;  // 64
+constexpr unsigned kMaxPages = kSegmentSize >> kSlotShift;  // 64
 
 // A large block sits this far into its own segment (past the header).
 constexpr size_t kLargeOffset = 64 * 1024;

@@ -63,7 +63,9 @@ AM_COLD void free_bad_block(void* p, Page* pg) {
   check_block("free", p, pg);
 }
 
-AM_NOINLINE void free_slow(void* p, Page* pg, Heap* h) {
+AM_NOINLINE void free_slow(void* p, Page* slot) {
+  Page* pg = page_resolve(slot);
+  Heap* h = t_heap;
   Heap* owner = pg->heap.load(std::memory_order_relaxed);
   if (owner == h && h != &g_empty_heap) {
     // Our own page, taken off the fast path because it is full.
@@ -74,7 +76,7 @@ AM_NOINLINE void free_slow(void* p, Page* pg, Heap* h) {
     pg->free = b;
     pg->used--;
     if (pg->in_full.load(std::memory_order_relaxed)) heap_page_unfull(h, pg);
-    if (pg->used == 0 && !pg->is_head) heap_page_empty(h, pg);
+    if (pg->used == 0) heap_page_empty(h, pg);
     return;
   }
   if (pg->in_use && pg->kind == kKindLarge) {

@@ -63,8 +63,14 @@ void make_key() { pthread_key_create(&g_heap_key, heap_thread_exit); }
 void head_changed(Heap* h, unsigned cls, Page* old_head) {
   Page* head = h->queues[cls].first;
   if (old_head == head) return;
-  if (old_head) old_head->is_head = 0;
-  if (head) head->is_head = 1;
+  if (old_head) {
+    old_head->is_head = 0;
+    old_head->used--;
+  }
+  if (head) {
+    head->is_head = 1;
+    head->used++;
+  }
   const DirectRange r = kDirectRange[cls];
   Page* target = head ? head : &g_empty_page;
   for (unsigned i = 0; i < r.count; i++) h->direct[r.first + i] = target;
@@ -112,7 +118,7 @@ void full_remove(Heap* h, Page* pg) {
 // re-check below or sees in_full and raises the heap's hint.
 void page_to_full(Heap* h, Page* pg) {
   queue_remove(h, pg);
-  pg->owner_fast.store(nullptr, std::memory_order_relaxed);
+  pg->owner_thread.store(0, std::memory_order_relaxed);
   pg->in_full.store(1, std::memory_order_seq_cst);
   full_push(h, pg);
   if (pg->xthread_free.load(std::memory_order_seq_cst) != nullptr) heap_page_unfull(h, pg);
@@ -177,7 +183,7 @@ Page* page_new(Heap* h, unsigned cls) {
   }
   if (adopted) {
     pg->heap.store(h, std::memory_order_release);
-    pg->owner_fast.store(h, std::memory_order_relaxed);
+    pg->owner_thread.store(h->thread, std::memory_order_relaxed);
     pg->in_full.store(0, std::memory_order_relaxed);
     pg->next = pg->prev = nullptr;
     page_collect(pg);
@@ -224,8 +230,11 @@ void heap_abandon_locked(Heap* h) {
   uint64_t now = os_now_ms();
   auto give_up = [&](Page* pg) {
     page_collect(pg);
-    pg->is_head = 0;
-    pg->owner_fast.store(nullptr, std::memory_order_relaxed);
+    if (pg->is_head) {
+      pg->is_head = 0;
+      pg->used--;
+    }
+    pg->owner_thread.store(0, std::memory_order_relaxed);
     pg->in_full.store(0, std::memory_order_relaxed);
     if (pg->used == 0) {
       segment_page_free_locked(pg, now);
@@ -272,6 +281,7 @@ Heap* heap_get() {
     h->live = 1;
   }
   heap_reset(h);
+  h->thread = thread_pointer();
   t_heap = h;
   // After t_heap is set: pthread_setspecific may itself call calloc.
   pthread_setspecific(g_heap_key, h);
@@ -304,10 +314,12 @@ void heap_page_empty(Heap* h, Page* pg) {
   retire(pg);
 }
 
+void page_emptied(Page* pg) { heap_page_empty(t_heap, pg); }
+
 void heap_page_unfull(Heap* h, Page* pg) {
   full_remove(h, pg);
   pg->in_full.store(0, std::memory_order_relaxed);
-  pg->owner_fast.store(h, std::memory_order_relaxed);
+  pg->owner_thread.store(h->thread, std::memory_order_relaxed);
   queue_push_back(h, pg);
 }
 
@@ -328,7 +340,7 @@ void heap_collect(Heap* h, bool force) {
       while (pg) {
         Page* next = pg->next;
         page_collect(pg);
-        if (pg->used == 0 && (force || !pg->is_head)) heap_page_empty(h, pg);
+        if (page_is_empty(pg) && (force || !pg->is_head)) heap_page_empty(h, pg);
         pg = next;
       }
     }

@@ -19,6 +19,8 @@ Heap* heap_get();
 void* heap_alloc_class(Heap* h, unsigned cls);
 // The owner freed the last block of a page that is not its queue's head.
 void heap_page_empty(Heap* h, Page* pg);
+// The same, from the free fast path (which does not load the heap).
+void page_emptied(Page* pg);
 // The owner freed a block into one of its full pages.
 void heap_page_unfull(Heap* h, Page* pg);
 // Collect remote frees, retire empty pages, and purge what is due.

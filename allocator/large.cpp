@@ -40,7 +40,7 @@ void* large_alloc(size_t size, size_t align, bool zero) {
   pg->capacity = pg->reserved = pg->used = 1;
   pg->kind = kKindLarge;
   pg->in_use = 1;
-  pg->owner_fast.store(nullptr, std::memory_order_relaxed);
+  pg->owner_thread.store(0, std::memory_order_relaxed);
   pg->heap.store(nullptr, std::memory_order_relaxed);
   s->used_pages = 1;
   stats_add(g_os_stats.large_allocs, 1);

@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <sys/mman.h>
 #include <time.h>
+
+#include <atomic>
 #include <unistd.h>
 
 #include "allocator/config.h"
@@ -31,6 +33,22 @@ void* os_map_aligned(size_t size, size_t align) {
   constexpr int kProt = PROT_READ | PROT_WRITE;
   constexpr int kFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
   if (size + align < size) return nullptr;
+  // Try where the last aligned mapping ended first: the kernel usually
+  // honours the hint, and the result is then aligned with one call.
+  static std::atomic<uintptr_t> hint{0};
+  uintptr_t h = hint.load(std::memory_order_relaxed);
+  if (h != 0 && (h & (align - 1)) == 0) {
+    void* q = mmap(reinterpret_cast<void*>(h), size, kProt, kFlags, -1, 0);
+    if (q != MAP_FAILED) {
+      stats_add(g_os_stats.mmap_calls, 1);
+      if ((reinterpret_cast<uintptr_t>(q) & (align - 1)) == 0 && in_range(q, size)) {
+        hint.store(reinterpret_cast<uintptr_t>(q) + ((size + align - 1) & ~(align - 1)), std::memory_order_relaxed);
+        stats_add(g_os_stats.reserved_bytes, size);
+        return q;
+      }
+      munmap(q, size);
+    }
+  }
   // Over-map by the alignment and trim both ends.
   size_t total = size + align;
   void* raw = mmap(nullptr, total, kProt, kFlags, -1, 0);
@@ -46,6 +64,7 @@ void* os_map_aligned(size_t size, size_t align) {
     munmap(p, size);
     return nullptr;
   }
+  hint.store(aligned + ((size + align - 1) & ~(align - 1)), std::memory_order_relaxed);
   stats_add(g_os_stats.reserved_bytes, size);
   return p;
 }

@@ -45,12 +45,19 @@ void all_remove(Segment* s) {
   if (s->all_next) s->all_next->all_prev = s->all_prev;
 }
 
-void segmap_set(Segment* s, uint8_t shift) {
-  g_segmap[reinterpret_cast<uintptr_t>(s) >> kSegmentShift] = shift;
+void segmap_set(Segment* s, uint8_t kind) {
+  g_segmap[reinterpret_cast<uintptr_t>(s) >> kSegmentShift] = kind;
+}
+
+// Page slots of a small or medium segment: first slot of each page.
+constexpr uint32_t kFirstSlot = 1;
+inline uint32_t last_slot(const Segment* s) { return kMaxPages - static_cast<uint32_t>(page_slots(s)); }
+inline uint32_t pages_per_segment(const Segment* s) {
+  return (kMaxPages - kFirstSlot) / static_cast<uint32_t>(page_slots(s));
 }
 
 // A standard (4 MiB) segment, from the cache or the OS, with a clean header.
-Segment* segment_take(uint8_t kind, uint8_t shift, uint32_t page_count) {
+Segment* segment_take(uint8_t kind) {
   Segment* s = g_cache;
   bool dirty = false;
   uint64_t cached_at = 0;
@@ -65,16 +72,16 @@ Segment* segment_take(uint8_t kind, uint8_t shift, uint32_t page_count) {
   }
   memset(static_cast<void*>(s), 0, sizeof(Segment));
   s->kind = kind;
-  s->page_shift = shift;
-  s->page_count = page_count;
   s->mapped_size = kSegmentSize;
   s->fresh = !dirty;
-  for (uint32_t i = 0; i < page_count; i++) {
+  uint32_t span = static_cast<uint32_t>(page_slots(s));
+  for (uint32_t i = 0; i < kMaxPages; i++) {
     s->pages[i].dirty = dirty;
     s->pages[i].retired_at = cached_at;
+    if (kind == kSegMedium && i >= kFirstSlot) s->pages[i].span_off = static_cast<uint8_t>((i - kFirstSlot) % span);
   }
   all_push(s);
-  segmap_set(s, shift);
+  segmap_set(s, kind);
   return s;
 }
 
@@ -101,15 +108,14 @@ void segment_give_back(Segment* s, uint64_t now) {
 Page* segment_page_alloc_locked(uint8_t kind) {
   Segment* s = g_partial[kind];
   if (!s) {
-    s = kind == kKindSmall ? segment_take(kSegSmall, kSmallPageShift, kSegmentSize >> kSmallPageShift)
-                           : segment_take(kSegMedium, kMediumPageShift, kSegmentSize >> kMediumPageShift);
+    s = segment_take(kind == kKindSmall ? kSegSmall : kSegMedium);
     if (!s) return nullptr;
     list_push(g_partial[kind], s);
     s->in_partial = 1;
   }
-  // Page 0 holds the header. Prefer a slot whose memory is still resident.
+  // Slot 0 holds the header. Prefer a page whose memory is still resident.
   Page* pick = nullptr;
-  for (uint32_t i = 1; i < s->page_count; i++) {
+  for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(page_slots(s))) {
     Page* pg = &s->pages[i];
     if (pg->in_use) continue;
     if (pg->dirty) {
@@ -120,7 +126,7 @@ Page* segment_page_alloc_locked(uint8_t kind) {
   }
   pick->in_use = 1;
   pick->kind = kind;
-  if (++s->used_pages == s->page_count - 1) {
+  if (++s->used_pages == pages_per_segment(s)) {
     list_remove(g_partial[kind], s);
     s->in_partial = 0;
   }
@@ -137,7 +143,7 @@ void segment_page_free_locked(Page* pg, uint64_t now) {
   pg->used = 0;
   pg->capacity = 0;
   pg->block_size = 0;
-  pg->owner_fast.store(nullptr, std::memory_order_relaxed);
+  pg->owner_thread.store(0, std::memory_order_relaxed);
   pg->heap.store(nullptr, std::memory_order_relaxed);
   uint8_t kind = s->kind == kSegSmall ? kKindSmall : kKindMedium;
   if (--s->used_pages == 0) {
@@ -161,7 +167,7 @@ Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
   size_t need = off + size;
   Segment* s;
   if (need <= kSegmentSize && align <= kSegmentSize) {
-    s = segment_take(kSegLarge, kLargePageShift, 1);
+    s = segment_take(kSegLarge);
     if (!s) return nullptr;
   } else {
     size_t seg_align = align > kSegmentSize ? align : kSegmentSize;
@@ -169,12 +175,10 @@ Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
     s = static_cast<Segment*>(os_map_aligned(mapped, seg_align));
     if (!s) return nullptr;
     s->kind = kSegLarge;
-    s->page_shift = kLargePageShift;
-    s->page_count = 1;
     s->mapped_size = mapped;
     s->fresh = 1;
     all_push(s);
-    segmap_set(s, kLargePageShift);
+    segmap_set(s, kSegLarge);
   }
   s->used_pages = 1;
   *offset = off;
@@ -193,7 +197,7 @@ Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
     stats_add(g_os_stats.huge_remaps, 1);
   }
   all_push(live);
-  segmap_set(live, kLargePageShift);
+  segmap_set(live, kSegLarge);
   return r;
 }
 
@@ -208,7 +212,7 @@ void segment_purge_locked(uint64_t now, bool force) {
   }
   for (Segment* s = g_all; s; s = s->all_next) {
     if (s->kind == kSegLarge) continue;
-    for (uint32_t i = 1; i < s->page_count; i++) {
+    for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(page_slots(s))) {
       Page* pg = &s->pages[i];
       if (!pg->in_use && pg->dirty && (force || now - pg->retired_at >= delay)) {
         os_purge(page_area(s, pg), page_area_size(s));
@@ -231,12 +235,12 @@ SegmentTotals segment_totals_locked() {
       t.committed += (pg.start - reinterpret_cast<uint8_t*>(s)) + pg.block_size;
       continue;
     }
-    t.committed += kLargeOffset > sizeof(Segment) ? sizeof(Segment) : kLargeOffset;
-    for (uint32_t i = 1; i < s->page_count; i++) {
+    t.committed += sizeof(Segment);
+    for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(page_slots(s))) {
       const Page& pg = s->pages[i];
       if (pg.in_use) {
         t.pages_in_use++;
-        t.in_use += uint64_t{__atomic_load_n(&pg.used, __ATOMIC_RELAXED)} * pg.block_size;
+        t.in_use += uint64_t{__atomic_load_n(&pg.used, __ATOMIC_RELAXED) - pg.is_head} * pg.block_size;
         t.committed += uint64_t{pg.capacity} * pg.block_size;
       } else if (pg.dirty) {
         t.committed += page_area_size(s);

@@ -9,31 +9,41 @@
 
 namespace am {
 
-// One byte per 4 MiB of address space: the page shift of the segment that
-// starts there, or 0. A static array: untouched parts cost no memory.
+// One byte per 4 MiB of address space: the kind of the segment that starts
+// there, or 0. A static array: untouched parts cost no memory.
 extern uint8_t g_segmap[kSegmapSize];
 
-// The page shift of the segment holding `a`, or 0 when `a` is not in a
-// segment's first 4 MiB (not ours, NULL, or garbage: never faults).
-AM_INLINE unsigned segmap_shift(uintptr_t a) {
+// Whether `a` lies in the first 4 MiB of one of our segments (NULL,
+// foreign and garbage pointers answer false, and never fault).
+AM_INLINE bool segmap_has(uintptr_t a) {
   uintptr_t idx = a >> kSegmentShift;
-  if (AM_UNLIKELY(idx >= kSegmapSize)) return 0;
-  return g_segmap[idx];
+  if (AM_UNLIKELY(idx >= kSegmapSize)) return false;
+  return g_segmap[idx] != 0;
 }
 
 AM_INLINE Segment* segment_of(uintptr_t a) { return reinterpret_cast<Segment*>(a & ~kSegmentMask); }
 
-AM_INLINE Page* page_of(uintptr_t a, unsigned shift) {
-  return &segment_of(a)->pages[(a & kSegmentMask) >> shift];
+// The Page entry of the slot holding `a`: segment + slot * sizeof(Page).
+AM_INLINE Page* slot_page(uintptr_t a) {
+  return reinterpret_cast<Page*>((a & ~kSegmentMask) +
+                                 ((a >> (kSlotShift - 7)) & ((kMaxPages - 1) << 7)));
 }
 
+inline Segment* segment_of_page(const Page* pg) { return segment_of(reinterpret_cast<uintptr_t>(pg)); }
+
+// The page a slot entry belongs to (medium pages span slots; a large
+// segment's one page is described by pages[0]).
+inline Page* page_resolve(Page* slot) {
+  Segment* s = segment_of_page(slot);
+  if (s->kind == kSegLarge) return &s->pages[0];
+  return slot - slot->span_off;
+}
+
+inline size_t page_slots(const Segment* s) { return s->kind == kSegMedium ? kMediumSpan : 1; }
 inline uint8_t* page_area(Segment* s, const Page* pg) {
-  return reinterpret_cast<uint8_t*>(s) + (static_cast<size_t>(pg - s->pages) << s->page_shift);
+  return reinterpret_cast<uint8_t*>(s) + (static_cast<size_t>(pg - s->pages) << kSlotShift);
 }
-inline size_t page_area_size(const Segment* s) { return size_t{1} << s->page_shift; }
-inline Segment* segment_of_page(const Page* pg) {
-  return segment_of(reinterpret_cast<uintptr_t>(pg));
-}
+inline size_t page_area_size(const Segment* s) { return page_slots(s) << kSlotShift; }
 
 // All of the following run under g_lock.
 

@@ -24,15 +24,18 @@ enum PageKind : uint8_t { kKindNone = 0, kKindSmall = 1, kKindMedium = 2, kKindL
 struct Page {
   // -- read on the owner's fast paths (first cache line) --
   Block* free;
-  // The owner heap while the owner may free straight onto `free`; nullptr
-  // while the page is full, abandoned, large or unused, which sends every
-  // free of it to the slow path with one compare.
-  std::atomic<Heap*> owner_fast;
+  // The owning thread (its thread pointer, %fs:0) while it may free
+  // straight onto `free`; 0 while the page is full, abandoned, large or
+  // unused, which sends every free of it to the slow path with one compare.
+  std::atomic<uintptr_t> owner_thread;
   uint8_t* start;  // first block
   // ceil(2^64 / block_size): `(p - start) * divc < divc` iff p is a block
   // start (Lemire's divisibility test), the interior-pointer check on free.
   uint64_t divc;
-  uint32_t used;      // blocks handed out and not freed to `free`
+  // Blocks handed out and not back on `free`, plus one while the page is
+  // its queue's head: the head never reaches 0 on the fast path, so a
+  // malloc/free ping-pong on it never leaves the fast path.
+  uint32_t used;
   uint32_t capacity;  // blocks carved so far
   size_t block_size;  // bytes (page-rounded for a large block)
   uint32_t reserved;  // blocks that fit in the page
@@ -45,24 +48,30 @@ struct Page {
   uint8_t cls;
   uint8_t kind;
   uint8_t in_use;
-  uint8_t is_head;  // first page of its heap queue (kept when it empties)
+  uint8_t is_head;  // first page of its heap queue (holds the used bias)
   std::atomic<uint8_t> in_full;
   uint8_t dirty;      // free slot whose memory may still be resident
   uint8_t abandoned;  // on the global abandoned list
-  uint8_t pad_;
+  uint8_t span_off;   // slots back to the page's first slot (medium pages)
+  uint8_t pad_[24];
 };
+
+static_assert(sizeof(Page) == 128, "slot_page() computes slot * 128");
 
 enum SegmentKind : uint8_t { kSegSmall = 1, kSegMedium = 2, kSegLarge = 3 };
 
-// A 4 MiB aligned region: this header, then pages. Page 0 holds the header
-// (and is never used for blocks), so every block lies at or after its
-// page's start and the interior check cannot be fooled by the header.
+// A 4 MiB aligned region of 64 slots of 64 KiB. The page table comes first,
+// so the Page of slot i is at `segment + i * sizeof(Page)`: free() finds it
+// with a mask and a shift whatever the page size. Slot 0 holds this header
+// and never blocks, so a block never lies before its page's start.
+// A medium page spans 8 slots; its first slot's Page is the page, the
+// others point back to it (span_off) and send frees to the slow path.
 struct Segment {
+  Page pages[kMaxPages];
   uint8_t kind;
-  uint8_t page_shift;
   uint8_t in_partial;  // on the partial list of its kind
   uint8_t fresh;       // untouched since mapped (reads as zero)
-  uint32_t page_count;
+  uint8_t purged;      // in the cache and already returned to the OS
   uint32_t used_pages;
   size_t mapped_size;  // bytes mapped at this address
   Segment* next;       // partial list or segment cache
@@ -70,8 +79,6 @@ struct Segment {
   Segment* all_next;  // every live segment, for stats and purging
   Segment* all_prev;
   uint64_t cached_at;
-  uint8_t purged;  // in the cache and already returned to the OS
-  Page pages[kMaxPages];
 };
 
 static_assert(sizeof(Segment) <= kLargeOffset);
@@ -91,6 +98,7 @@ struct Heap {
   // Set by another thread that freed into one of our full pages.
   std::atomic<uint8_t> full_remote_hint{0};
   uint8_t live = 0;  // owned by a thread (not in the heap pool)
+  uintptr_t thread = 0;  // the owner's thread pointer
   uint32_t slow_calls = 0;
   Heap* next = nullptr;  // all heaps ever made / the pool of unused heaps
   Heap* pool_next = nullptr;
