@@ -26,11 +26,11 @@ bool is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 // The live page of block `p`, or nullptr after reporting a bad pointer.
 Page* page_checked(const char* fn, const void* p) {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  if (!segmap_has(a)) {
+  Page* pg = page_lookup(a);
+  if (!pg) {
     bad_pointer(fn, p);
     return nullptr;
   }
-  Page* pg = page_resolve(slot_page(a));
   if (pg->in_use && pg->kind == kKindLarge) {
     if (p == pg->start) return pg;
   }
@@ -167,7 +167,7 @@ const char* am_version(void) { return AMALLOC_VERSION_STRING; }
 
 int am_owns(const void* p) {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  return segmap_has(a) ? 1 : 0;
+  return segmap_code(a) != 0 ? 1 : 0;
 }
 
 void am_collect(int force) { heap_collect(t_heap, force != 0); }

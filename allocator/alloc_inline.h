@@ -34,7 +34,7 @@ AM_INLINE void* malloc_fast(size_t size) {
 // pointers, remote frees and full pages all leave through one branch each.
 AM_INLINE void free_fast(void* p) {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  if (AM_UNLIKELY(!segmap_has(a))) return free_not_ours(p);
+  if (AM_UNLIKELY(!segmap_fast(a))) return free_not_ours(p);
   Page* pg = slot_page(a);
   if (AM_UNLIKELY(pg->owner_thread.load(std::memory_order_relaxed) != thread_pointer()))
     return free_slow(p, pg);

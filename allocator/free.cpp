@@ -52,6 +52,8 @@ void bad_pointer(const char* fn, const void* p) {
 
 AM_COLD void free_not_ours(void* p) {
   if (p == nullptr) return;
+  // An over-aligned huge block is ours too (see kMapShifted).
+  if (Page* pg = page_lookup(reinterpret_cast<uintptr_t>(p))) return free_slow(p, pg);
   bad_pointer("free", p);
 }
 

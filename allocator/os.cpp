@@ -28,7 +28,7 @@ bool in_range(void* p, size_t size) {
 
 }  // namespace
 
-void* os_map_aligned(size_t size, size_t align) {
+void* os_map_aligned(size_t size, size_t align, size_t offset) {
   ErrnoGuard guard;
   constexpr int kProt = PROT_READ | PROT_WRITE;
   constexpr int kFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
@@ -37,7 +37,7 @@ void* os_map_aligned(size_t size, size_t align) {
   // honours the hint, and the result is then aligned with one call.
   static std::atomic<uintptr_t> hint{0};
   uintptr_t h = hint.load(std::memory_order_relaxed);
-  if (h != 0 && (h & (align - 1)) == 0) {
+  if (h != 0 && offset == 0 && (h & (align - 1)) == 0) {
     void* q = mmap(reinterpret_cast<void*>(h), size, kProt, kFlags, -1, 0);
     if (q != MAP_FAILED) {
       stats_add(g_os_stats.mmap_calls, 1);
@@ -55,7 +55,7 @@ void* os_map_aligned(size_t size, size_t align) {
   if (raw == MAP_FAILED) return nullptr;
   stats_add(g_os_stats.mmap_calls, 1);
   uintptr_t a = reinterpret_cast<uintptr_t>(raw);
-  uintptr_t aligned = (a + align - 1) & ~(uintptr_t{align} - 1);
+  uintptr_t aligned = ((a + offset + align - 1) & ~(uintptr_t{align} - 1)) - offset;
   if (aligned > a) munmap(raw, aligned - a);
   uintptr_t end = a + total;
   if (end > aligned + size) munmap(reinterpret_cast<void*>(aligned + size), end - (aligned + size));

@@ -5,9 +5,10 @@
 
 namespace am {
 
-// Anonymous read-write memory of `size` bytes aligned to `align` (a power
-// of two, at least the OS page). nullptr on failure; errno untouched.
-void* os_map_aligned(size_t size, size_t align);
+// Anonymous read-write memory of `size` bytes such that `p + offset` is
+// aligned to `align` (a power of two, at least the OS page). nullptr on
+// failure; errno untouched.
+void* os_map_aligned(size_t size, size_t align, size_t offset = 0);
 void os_unmap(void* p, size_t size);
 // Give the pages back (contents become zero); the range stays mapped.
 void os_purge(void* p, size_t size);

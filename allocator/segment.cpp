@@ -45,8 +45,10 @@ void all_remove(Segment* s) {
   if (s->all_next) s->all_next->all_prev = s->all_prev;
 }
 
-void segmap_set(Segment* s, uint8_t kind) {
-  g_segmap[reinterpret_cast<uintptr_t>(s) >> kSegmentShift] = kind;
+void segmap_set(Segment* s, bool live) {
+  uintptr_t idx = reinterpret_cast<uintptr_t>(s) >> kSegmentShift;
+  g_segmap[idx] = live ? static_cast<uint8_t>(1 + s->kind) : 0;
+  if (s->shifted) g_segmap[idx + 1] = live ? kMapShifted : 0;
 }
 
 // Page slots of a small or medium segment: first slot of each page.
@@ -81,12 +83,12 @@ Segment* segment_take(uint8_t kind) {
     if (kind == kSegMedium && i >= kFirstSlot) s->pages[i].span_off = static_cast<uint8_t>((i - kFirstSlot) % span);
   }
   all_push(s);
-  segmap_set(s, kind);
+  segmap_set(s, true);
   return s;
 }
 
 void segment_give_back(Segment* s, uint64_t now) {
-  segmap_set(s, 0);
+  segmap_set(s, false);
   all_remove(s);
   if (s->mapped_size == kSegmentSize && g_cache_count < g_options.segment_cache) {
     s->cached_at = now;
@@ -104,6 +106,13 @@ void segment_give_back(Segment* s, uint64_t now) {
 }
 
 }  // namespace
+
+Page* page_lookup(uintptr_t a) {
+  uint8_t code = segmap_code(a);
+  if (code == 0) return nullptr;
+  if (code == kMapShifted) return &reinterpret_cast<Segment*>((a & ~kSegmentMask) - kSegmentSize)->pages[0];
+  return page_resolve(slot_page(a));
+}
 
 Page* segment_page_alloc_locked(uint8_t kind) {
   Segment* s = g_partial[kind];
@@ -164,21 +173,27 @@ void segment_page_free_locked(Page* pg, uint64_t now) {
 Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
   size_t off = kLargeOffset;
   if (align > off) off = align;
+  // An alignment of 4 MiB or more puts the block 4 MiB into its mapping:
+  // the header stays in the first 4 MiB, and the block's own 4 MiB slot is
+  // marked kMapShifted in the segment map.
+  bool shifted = align >= kSegmentSize;
+  if (shifted) off = kSegmentSize;
   size_t need = off + size;
   Segment* s;
-  if (need <= kSegmentSize && align <= kSegmentSize) {
+  if (need <= kSegmentSize) {
     s = segment_take(kSegLarge);
     if (!s) return nullptr;
   } else {
-    size_t seg_align = align > kSegmentSize ? align : kSegmentSize;
     size_t mapped = (need + kOsPage - 1) & ~(kOsPage - 1);
-    s = static_cast<Segment*>(os_map_aligned(mapped, seg_align));
+    s = static_cast<Segment*>(shifted ? os_map_aligned(mapped, align, kSegmentSize)
+                                      : os_map_aligned(mapped, kSegmentSize));
     if (!s) return nullptr;
     s->kind = kSegLarge;
+    s->shifted = shifted;
     s->mapped_size = mapped;
     s->fresh = 1;
     all_push(s);
-    segmap_set(s, kSegLarge);
+    segmap_set(s, true);
   }
   s->used_pages = 1;
   *offset = off;
@@ -188,7 +203,7 @@ Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
 void segment_large_free_locked(Segment* s, uint64_t now) { segment_give_back(s, now); }
 
 Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
-  segmap_set(s, 0);
+  segmap_set(s, false);
   all_remove(s);
   auto* r = static_cast<Segment*>(os_remap_aligned(s, s->mapped_size, new_mapped, kSegmentSize));
   Segment* live = r ? r : s;
@@ -197,7 +212,7 @@ Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
     stats_add(g_os_stats.huge_remaps, 1);
   }
   all_push(live);
-  segmap_set(live, kSegLarge);
+  segmap_set(live, true);
   return r;
 }
 

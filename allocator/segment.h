@@ -9,17 +9,23 @@
 
 namespace am {
 
-// One byte per 4 MiB of address space: the kind of the segment that starts
-// there, or 0. A static array: untouched parts cost no memory.
+// One byte per 4 MiB of address space. A static array: untouched parts
+// cost no memory. Codes: 0, not ours; kMapShifted, the block of a huge
+// segment aligned to 4 MiB or more, whose header is the 4 MiB before it;
+// otherwise 1 + the SegmentKind of the segment that starts there.
 extern uint8_t g_segmap[kSegmapSize];
+constexpr uint8_t kMapShifted = 1;
 
-// Whether `a` lies in the first 4 MiB of one of our segments (NULL,
-// foreign and garbage pointers answer false, and never fault).
-AM_INLINE bool segmap_has(uintptr_t a) {
+AM_INLINE uint8_t segmap_code(uintptr_t a) {
   uintptr_t idx = a >> kSegmentShift;
-  if (AM_UNLIKELY(idx >= kSegmapSize)) return false;
-  return g_segmap[idx] != 0;
+  if (AM_UNLIKELY(idx >= kSegmapSize)) return 0;
+  return g_segmap[idx];
 }
+
+// Whether `a` lies in a segment's first 4 MiB, where slot_page() may be
+// read. NULL, foreign, garbage and shifted pointers answer false, and the
+// check never faults.
+AM_INLINE bool segmap_fast(uintptr_t a) { return segmap_code(a) > kMapShifted; }
 
 AM_INLINE Segment* segment_of(uintptr_t a) { return reinterpret_cast<Segment*>(a & ~kSegmentMask); }
 
@@ -38,6 +44,9 @@ inline Page* page_resolve(Page* slot) {
   if (s->kind == kSegLarge) return &s->pages[0];
   return slot - slot->span_off;
 }
+
+// The page of any pointer we own (resolved), or nullptr. For slow paths.
+Page* page_lookup(uintptr_t a);
 
 inline size_t page_slots(const Segment* s) { return s->kind == kSegMedium ? kMediumSpan : 1; }
 inline uint8_t* page_area(Segment* s, const Page* pg) {
