@@ -52,7 +52,7 @@ void bad_pointer(const char* fn, const void* p) {
 
 AM_COLD void free_not_ours(void* p) {
   if (p == nullptr) return;
-  // An over-aligned huge block is ours too (see kMapShifted).
+  // Huge blocks aligned to 4 MiB or more start in a kMapTail slot.
   if (Page* pg = page_lookup(reinterpret_cast<uintptr_t>(p))) return free_slow(p, pg);
   bad_pointer("free", p);
 }
@@ -95,6 +95,7 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
   } while (!pg->xthread_free.compare_exchange_weak(old, b, std::memory_order_seq_cst,
                                                    std::memory_order_relaxed));
   if (h != &g_empty_heap) h->remote_frees++;
+  else stats_add(g_os_stats.remote_frees, 1);  // a thread that never allocated
   // Tell the owner if the page sits on its full list (see page_to_full).
   if (pg->in_full.load(std::memory_order_seq_cst)) {
     if (Heap* o = pg->heap.load(std::memory_order_acquire))

@@ -1,4 +1,5 @@
 // Process start and end, fork, and the global lock.
+#include <fcntl.h>
 #include <pthread.h>
 
 #include <atomic>
@@ -7,6 +8,7 @@
 #include "allocator/heap.h"
 #include "allocator/lock.h"
 #include "allocator/options.h"
+#include "allocator/stats.h"
 #include "amalloc/amalloc.h"
 
 namespace am {
@@ -51,10 +53,14 @@ __attribute__((constructor(101))) static void amalloc_start() {
   // Reads the options unless an earlier allocation already could.
   global_init();
   pthread_atfork(fork_prepare, fork_parent, fork_child);
+  if (g_options.stats != kStatsOff) {
+    int fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
+    if (fd >= 0) g_report_fd = fd;
+  }
   if (g_options.verbose) print_options();
 }
 
 __attribute__((destructor(101))) static void amalloc_end() {
-  if (g_options.stats == kStatsText) am_stats_print();
-  else if (g_options.stats == kStatsJson) am_stats_print_json();
+  if (g_options.stats == kStatsText) stats_report(g_report_fd);
+  else if (g_options.stats == kStatsJson) stats_report_json(g_report_fd);
 }

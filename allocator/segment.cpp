@@ -45,10 +45,18 @@ void all_remove(Segment* s) {
   if (s->all_next) s->all_next->all_prev = s->all_prev;
 }
 
+// A cached segment is purged past its header, which holds the cache links.
+constexpr size_t kHeaderBytes = (sizeof(Segment) + kOsPage - 1) & ~(kOsPage - 1);
+void purge_cached(Segment* s) {
+  os_purge(reinterpret_cast<uint8_t*>(s) + kHeaderBytes, kSegmentSize - kHeaderBytes);
+  s->purged = 1;
+}
+
 void segmap_set(Segment* s, bool live) {
   uintptr_t idx = reinterpret_cast<uintptr_t>(s) >> kSegmentShift;
   g_segmap[idx] = live ? static_cast<uint8_t>(1 + s->kind) : 0;
-  if (s->shifted) g_segmap[idx + 1] = live ? kMapShifted : 0;
+  size_t slots = (s->mapped_size + kSegmentSize - 1) >> kSegmentShift;
+  for (size_t i = 1; i < slots; i++) g_segmap[idx + i] = live ? kMapTail : 0;
 }
 
 // Page slots of a small or medium segment: first slot of each page.
@@ -93,10 +101,7 @@ void segment_give_back(Segment* s, uint64_t now) {
   if (s->mapped_size == kSegmentSize && g_cache_count < g_options.segment_cache) {
     s->cached_at = now;
     s->purged = 0;
-    if (g_options.purge_delay_ms == 0) {
-      os_purge(s, kSegmentSize);
-      s->purged = 1;
-    }
+    if (g_options.purge_delay_ms == 0) purge_cached(s);
     s->next = g_cache;
     g_cache = s;
     g_cache_count++;
@@ -110,7 +115,11 @@ void segment_give_back(Segment* s, uint64_t now) {
 Page* page_lookup(uintptr_t a) {
   uint8_t code = segmap_code(a);
   if (code == 0) return nullptr;
-  if (code == kMapShifted) return &reinterpret_cast<Segment*>((a & ~kSegmentMask) - kSegmentSize)->pages[0];
+  if (code == kMapTail) {
+    uintptr_t idx = a >> kSegmentShift;
+    while (g_segmap[idx] == kMapTail) idx--;
+    return &reinterpret_cast<Segment*>(idx << kSegmentShift)->pages[0];
+  }
   return page_resolve(slot_page(a));
 }
 
@@ -175,7 +184,7 @@ Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
   if (align > off) off = align;
   // An alignment of 4 MiB or more puts the block 4 MiB into its mapping:
   // the header stays in the first 4 MiB, and the block's own 4 MiB slot is
-  // marked kMapShifted in the segment map.
+  // a kMapTail slot of the segment map.
   bool shifted = align >= kSegmentSize;
   if (shifted) off = kSegmentSize;
   size_t need = off + size;
@@ -189,7 +198,6 @@ Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
                                       : os_map_aligned(mapped, kSegmentSize));
     if (!s) return nullptr;
     s->kind = kSegLarge;
-    s->shifted = shifted;
     s->mapped_size = mapped;
     s->fresh = 1;
     all_push(s);
@@ -220,10 +228,7 @@ void segment_purge_locked(uint64_t now, bool force) {
   uint64_t delay = g_options.purge_delay_ms;
   g_last_purge_ms = now;
   for (Segment* s = g_cache; s; s = s->next) {
-    if (!s->purged && (force || now - s->cached_at >= delay)) {
-      os_purge(s, kSegmentSize);
-      s->purged = 1;
-    }
+    if (!s->purged && (force || now - s->cached_at >= delay)) purge_cached(s);
   }
   for (Segment* s = g_all; s; s = s->all_next) {
     if (s->kind == kSegLarge) continue;
@@ -239,8 +244,7 @@ void segment_purge_locked(uint64_t now, bool force) {
 
 SegmentTotals segment_totals_locked() {
   SegmentTotals t{};
-  for (Segment* s = g_cache; s; s = s->next)
-    if (!s->purged) t.committed += kSegmentSize;
+  for (Segment* s = g_cache; s; s = s->next) t.committed += s->purged ? kHeaderBytes : kSegmentSize;
   for (Segment* s = g_all; s; s = s->all_next) {
     t.segments++;
     if (s->kind == kSegLarge) {

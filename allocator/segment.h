@@ -10,11 +10,11 @@
 namespace am {
 
 // One byte per 4 MiB of address space. A static array: untouched parts
-// cost no memory. Codes: 0, not ours; kMapShifted, the block of a huge
-// segment aligned to 4 MiB or more, whose header is the 4 MiB before it;
-// otherwise 1 + the SegmentKind of the segment that starts there.
+// cost no memory. Codes: 0, not ours; kMapTail, a later 4 MiB of a huge
+// mapping (its header is in an earlier slot); otherwise 1 + the
+// SegmentKind of the segment that starts there.
 extern uint8_t g_segmap[kSegmapSize];
-constexpr uint8_t kMapShifted = 1;
+constexpr uint8_t kMapTail = 1;
 
 AM_INLINE uint8_t segmap_code(uintptr_t a) {
   uintptr_t idx = a >> kSegmentShift;
@@ -23,9 +23,9 @@ AM_INLINE uint8_t segmap_code(uintptr_t a) {
 }
 
 // Whether `a` lies in a segment's first 4 MiB, where slot_page() may be
-// read. NULL, foreign, garbage and shifted pointers answer false, and the
+// read. NULL, foreign, garbage and huge-tail pointers answer false, and the
 // check never faults.
-AM_INLINE bool segmap_fast(uintptr_t a) { return segmap_code(a) > kMapShifted; }
+AM_INLINE bool segmap_fast(uintptr_t a) { return segmap_code(a) > kMapTail; }
 
 AM_INLINE Segment* segment_of(uintptr_t a) { return reinterpret_cast<Segment*>(a & ~kSegmentMask); }
 

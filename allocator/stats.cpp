@@ -12,6 +12,7 @@
 namespace am {
 
 OsStats g_os_stats;
+int g_report_fd = 2;
 
 }  // namespace am
 
@@ -36,14 +37,16 @@ extern "C" void am_stats_get(am_stats_t* out) {
   out->mmap_calls = rd(g_os_stats.mmap_calls);
   out->munmap_calls = rd(g_os_stats.munmap_calls);
   out->purged_bytes = rd(g_os_stats.purged_bytes);
-  out->remote_frees = remote;
+  out->remote_frees = remote + rd(g_os_stats.remote_frees);
   out->heaps_created = rd(g_os_stats.heaps_created);
   out->heaps_abandoned = rd(g_os_stats.heaps_abandoned);
   out->pages_adopted = adopted;
   out->bad_frees = rd(g_os_stats.bad_frees);
 }
 
-extern "C" void am_stats_print(void) {
+namespace am {
+
+void stats_report(int fd) {
   am_stats_t s;
   am_stats_get(&s);
   Out o;
@@ -58,10 +61,14 @@ extern "C" void am_stats_print(void) {
       .str(" abandoned, ").num(s.pages_adopted).str(" pages adopted\n");
   o.str("  frees:      ").num(s.remote_frees).str(" from other threads, ").num(s.bad_frees)
       .str(" invalid\n");
-  o.flush(2);
+  o.flush(fd);
 }
 
-extern "C" void am_stats_print_json(void) {
+}  // namespace am
+
+namespace am {
+
+void stats_report_json(int fd) {
   am_stats_t s;
   am_stats_get(&s);
   Out o;
@@ -81,5 +88,10 @@ extern "C" void am_stats_print_json(void) {
   field("heaps_abandoned", s.heaps_abandoned);
   field("pages_adopted", s.pages_adopted);
   field("bad_frees", s.bad_frees);
-  o.str("}\n").flush(2);
+  o.str("}\n").flush(fd);
 }
+
+}  // namespace am
+
+extern "C" void am_stats_print(void) { stats_report(2); }
+extern "C" void am_stats_print_json(void) { stats_report_json(2); }

@@ -16,9 +16,16 @@ struct OsStats {
   std::atomic<uint64_t> bad_frees;
   std::atomic<uint64_t> large_allocs;
   std::atomic<uint64_t> huge_remaps;
+  std::atomic<uint64_t> remote_frees;  // by threads without a heap
 };
 
 extern OsStats g_os_stats;
+// Where reports go: stderr, or a private copy of it made at start-up when
+// AMALLOC_STATS is set (programs such as coreutils close fd 2 at exit,
+// before the report is written).
+extern int g_report_fd;
+void stats_report(int fd);
+void stats_report_json(int fd);
 
 inline void stats_add(std::atomic<uint64_t>& c, uint64_t n) { c.fetch_add(n, std::memory_order_relaxed); }
 inline void stats_sub(std::atomic<uint64_t>& c, uint64_t n) { c.fetch_sub(n, std::memory_order_relaxed); }

@@ -72,7 +72,6 @@ struct Segment {
   uint8_t in_partial;  // on the partial list of its kind
   uint8_t fresh;       // untouched since mapped (reads as zero)
   uint8_t purged;      // in the cache and already returned to the OS
-  uint8_t shifted;     // huge, over-aligned: the block starts 4 MiB in
   uint32_t used_pages;
   size_t mapped_size;  // bytes mapped at this address
   Segment* next;       // partial list or segment cache
