@@ -33,7 +33,8 @@ bool check_block(const char* fn, const void* p, const Page* pg) {
     return false;
   }
   uintptr_t start = reinterpret_cast<uintptr_t>(pg->start);
-  uintptr_t end = start + uint64_t{pg->capacity} * pg->block_size;
+  // `reserved` (not `capacity`, which the owner changes) bounds the page.
+  uintptr_t end = start + uint64_t{pg->reserved} * pg->block_size;
   if (a < start || a >= end) {
     report(fn, p, "invalid pointer (not allocated by amalloc):");
     return false;

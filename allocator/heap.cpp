@@ -325,7 +325,7 @@ void heap_page_unfull(Heap* h, Page* pg) {
 
 void maintenance_maybe() {
   uint64_t now = os_now_ms();
-  if (now - g_last_purge_ms < (g_options.purge_delay_ms + 1) / 2 + 1) return;
+  if (now - g_last_purge_ms.load(std::memory_order_relaxed) < (g_options.purge_delay_ms + 1) / 2 + 1) return;
   if (pthread_mutex_trylock(&g_lock) != 0) return;
   segment_purge_locked(now, false);
   sweep_abandoned_locked(now);

@@ -9,7 +9,7 @@
 namespace am {
 
 alignas(64) uint8_t g_segmap[kSegmapSize];
-uint64_t g_last_purge_ms;
+std::atomic<uint64_t> g_last_purge_ms;
 
 namespace {
 
@@ -226,7 +226,7 @@ Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
 
 void segment_purge_locked(uint64_t now, bool force) {
   uint64_t delay = g_options.purge_delay_ms;
-  g_last_purge_ms = now;
+  g_last_purge_ms.store(now, std::memory_order_relaxed);
   for (Segment* s = g_cache; s; s = s->next) {
     if (!s->purged && (force || now - s->cached_at >= delay)) purge_cached(s);
   }

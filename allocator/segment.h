@@ -1,6 +1,7 @@
 // Segments: the segment map (is this pointer ours?), page slots, large and
 // huge segments, the cache of empty segments, and purging.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -81,7 +82,7 @@ struct SegmentTotals {
 };
 SegmentTotals segment_totals_locked();
 
-// After fork in the child: nothing to do today; kept for symmetry.
-extern uint64_t g_last_purge_ms;
+// When the last purge pass ran (read without the lock by maintenance_maybe).
+extern std::atomic<uint64_t> g_last_purge_ms;
 
 }  // namespace am
