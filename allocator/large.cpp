@@ -44,7 +44,8 @@ void* large_alloc(size_t size, size_t align, bool zero) {
   pg->heap.store(nullptr, std::memory_order_relaxed);
   s->used_pages = 1;
   stats_add(g_os_stats.large_allocs, 1);
-  if (zero && !s->fresh) memset(pg->start, 0, size);
+  // Only the part a previous user touched needs zeroing.
+  if (zero && s->dirty_end > off) memset(pg->start, 0, size < s->dirty_end - off ? size : s->dirty_end - off);
   return pg->start;
 }
 

@@ -15,7 +15,9 @@ namespace {
 
 Segment* g_partial[3];  // by page kind: segments with a free page slot
 Segment* g_cache;       // empty standard-size segments, newest first
-uint32_t g_cache_count;
+size_t g_cache_bytes;
+// Mappings up to this size are kept for reuse; larger ones are unmapped.
+constexpr size_t kMaxCachedMapping = 64 * kSegmentSize;
 Segment* g_all;  // every live segment
 
 void list_push(Segment*& head, Segment* s) {
@@ -48,8 +50,9 @@ void all_remove(Segment* s) {
 // A cached segment is purged past its header, which holds the cache links.
 constexpr size_t kHeaderBytes = (sizeof(Segment) + kOsPage - 1) & ~(kOsPage - 1);
 void purge_cached(Segment* s) {
-  os_purge(reinterpret_cast<uint8_t*>(s) + kHeaderBytes, kSegmentSize - kHeaderBytes);
+  if (s->dirty_end > kHeaderBytes) os_purge(reinterpret_cast<uint8_t*>(s) + kHeaderBytes, s->dirty_end - kHeaderBytes);
   s->purged = 1;
+  s->dirty_end = 0;
 }
 
 void segmap_set(Segment* s, bool live) {
@@ -66,27 +69,51 @@ inline uint32_t pages_per_segment(const Segment* s) {
   return (kMaxPages - kFirstSlot) / static_cast<uint32_t>(page_slots(s));
 }
 
-// A standard (4 MiB) segment, from the cache or the OS, with a clean header.
-Segment* segment_take(uint8_t kind) {
-  Segment* s = g_cache;
-  bool dirty = false;
+// Takes from the cache a segment of `min_size` to `max_size` mapped bytes:
+// the most recently used whose resident part covers `need_end` bytes (so
+// the caller does not fault), else the one with the largest resident part.
+Segment* cache_take(size_t need_end, size_t min_size, size_t max_size) {
+  Segment** best = nullptr;
+  for (Segment** link = &g_cache; *link; link = &(*link)->next) {
+    Segment* s = *link;
+    if (s->mapped_size < min_size || s->mapped_size > max_size) continue;
+    if (s->dirty_end >= need_end) {
+      best = link;
+      break;
+    }
+    if (!best || s->dirty_end > (*best)->dirty_end) best = link;
+  }
+  if (!best) return nullptr;
+  Segment* s = *best;
+  *best = s->next;
+  g_cache_bytes -= s->mapped_size;
+  return s;
+}
+
+// A segment of at least `size` bytes (4 MiB for small and medium ones),
+// from the cache or the OS, with a clean header.
+Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
+  // A large block may take a cached mapping up to twice its need.
+  size_t max_size = kind == kSegLarge ? (size < kSegmentSize ? 2 * kSegmentSize : 2 * size) : kSegmentSize;
+  Segment* s = cache_take(need_end, size, max_size);
+  size_t dirty_end = 0;
   uint64_t cached_at = 0;
+  size_t mapped = size;
   if (s) {
-    g_cache = s->next;
-    g_cache_count--;
-    dirty = !s->purged;
+    dirty_end = s->purged ? 0 : s->dirty_end;
     cached_at = s->cached_at;
+    mapped = s->mapped_size;
   } else {
-    s = static_cast<Segment*>(os_map_aligned(kSegmentSize, kSegmentSize));
+    s = static_cast<Segment*>(os_map_aligned(size, kSegmentSize));
     if (!s) return nullptr;
   }
   memset(static_cast<void*>(s), 0, sizeof(Segment));
   s->kind = kind;
-  s->mapped_size = kSegmentSize;
-  s->fresh = !dirty;
+  s->mapped_size = mapped;
+  s->dirty_end = dirty_end;
   uint32_t span = static_cast<uint32_t>(page_slots(s));
   for (uint32_t i = 0; i < kMaxPages; i++) {
-    s->pages[i].dirty = dirty;
+    s->pages[i].dirty = dirty_end >= (size_t{i} + span) << kSlotShift;
     s->pages[i].retired_at = cached_at;
     if (kind == kSegMedium && i >= kFirstSlot) s->pages[i].span_off = static_cast<uint8_t>((i - kFirstSlot) % span);
   }
@@ -98,13 +125,20 @@ Segment* segment_take(uint8_t kind) {
 void segment_give_back(Segment* s, uint64_t now) {
   segmap_set(s, false);
   all_remove(s);
-  if (s->mapped_size == kSegmentSize && g_cache_count < g_options.segment_cache) {
+  if (s->mapped_size <= kMaxCachedMapping &&
+      g_cache_bytes + s->mapped_size <= size_t{g_options.segment_cache} * kSegmentSize) {
+    // What the block reached, or what an earlier user left resident.
+    size_t end = s->kind == kSegLarge
+                     ? static_cast<size_t>(s->pages[0].start - reinterpret_cast<uint8_t*>(s)) + s->pages[0].block_size
+                     : kSegmentSize;
+    if (end > s->dirty_end) s->dirty_end = end;
+    if (s->dirty_end > s->mapped_size) s->dirty_end = s->mapped_size;
     s->cached_at = now;
     s->purged = 0;
     if (g_options.purge_delay_ms == 0) purge_cached(s);
     s->next = g_cache;
     g_cache = s;
-    g_cache_count++;
+    g_cache_bytes += s->mapped_size;
   } else {
     os_unmap(s, s->mapped_size);
   }
@@ -126,7 +160,7 @@ Page* page_lookup(uintptr_t a) {
 Page* segment_page_alloc_locked(uint8_t kind) {
   Segment* s = g_partial[kind];
   if (!s) {
-    s = segment_take(kind == kKindSmall ? kSegSmall : kSegMedium);
+    s = segment_take(kind == kKindSmall ? kSegSmall : kSegMedium, kSegmentSize, kSegmentSize);
     if (!s) return nullptr;
     list_push(g_partial[kind], s);
     s->in_partial = 1;
@@ -189,8 +223,9 @@ Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
   if (shifted) off = kSegmentSize;
   size_t need = off + size;
   Segment* s;
-  if (need <= kSegmentSize) {
-    s = segment_take(kSegLarge);
+  if (!shifted) {
+    size_t mapped = need <= kSegmentSize ? kSegmentSize : (need + kOsPage - 1) & ~(kOsPage - 1);
+    s = segment_take(kSegLarge, mapped, need);
     if (!s) return nullptr;
   } else {
     size_t mapped = (need + kOsPage - 1) & ~(kOsPage - 1);
@@ -199,7 +234,6 @@ Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
     if (!s) return nullptr;
     s->kind = kSegLarge;
     s->mapped_size = mapped;
-    s->fresh = 1;
     all_push(s);
     segmap_set(s, true);
   }
@@ -244,7 +278,9 @@ void segment_purge_locked(uint64_t now, bool force) {
 
 SegmentTotals segment_totals_locked() {
   SegmentTotals t{};
-  for (Segment* s = g_cache; s; s = s->next) t.committed += s->purged ? kHeaderBytes : kSegmentSize;
+  for (Segment* s = g_cache; s; s = s->next) {
+    t.committed += s->purged ? kHeaderBytes : s->dirty_end;
+  }
   for (Segment* s = g_all; s; s = s->all_next) {
     t.segments++;
     if (s->kind == kSegLarge) {

@@ -70,7 +70,6 @@ struct Segment {
   Page pages[kMaxPages];
   uint8_t kind;
   uint8_t in_partial;  // on the partial list of its kind
-  uint8_t fresh;       // untouched since mapped (reads as zero)
   uint8_t purged;      // in the cache and already returned to the OS
   uint32_t used_pages;
   size_t mapped_size;  // bytes mapped at this address
@@ -79,6 +78,7 @@ struct Segment {
   Segment* all_next;  // every live segment, for stats and purging
   Segment* all_prev;
   uint64_t cached_at;
+  size_t dirty_end;  // bytes from the start that may be resident
 };
 
 static_assert(sizeof(Segment) <= kLargeOffset);
