@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "allocator/heap.h"
 #include "allocator/lock.h"
 #include "allocator/os.h"
 #include "allocator/page.h"
@@ -22,6 +23,7 @@ constexpr uint64_t kLargeDivc = divisibility_magic(uint64_t{1} << 32);
 }  // namespace
 
 void* large_alloc(size_t size, size_t align, bool zero) {
+  maintenance_maybe();
   size_t bsize = round_page(size);
   size_t off;
   Segment* s;

@@ -16,6 +16,10 @@ namespace {
 Segment* g_partial[3];  // by page kind: segments with a free page slot
 Segment* g_cache;       // empty standard-size segments, newest first
 size_t g_cache_bytes;
+size_t g_cache_dirty;  // resident bytes of cached segments
+// Cached segments may keep this much resident before the oldest are purged
+// ahead of the delay: reuse without page faults, within a bounded RSS.
+constexpr size_t kCacheDirtyMax = 8 * kSegmentSize;
 // Mappings up to this size are kept for reuse; larger ones are unmapped.
 constexpr size_t kMaxCachedMapping = 64 * kSegmentSize;
 Segment* g_all;  // every live segment
@@ -51,6 +55,7 @@ void all_remove(Segment* s) {
 constexpr size_t kHeaderBytes = (sizeof(Segment) + kOsPage - 1) & ~(kOsPage - 1);
 void purge_cached(Segment* s) {
   if (s->dirty_end > kHeaderBytes) os_purge(reinterpret_cast<uint8_t*>(s) + kHeaderBytes, s->dirty_end - kHeaderBytes);
+  g_cache_dirty -= s->dirty_end;
   s->purged = 1;
   s->dirty_end = 0;
 }
@@ -70,23 +75,27 @@ inline uint32_t pages_per_segment(const Segment* s) {
 }
 
 // Takes from the cache a segment of `min_size` to `max_size` mapped bytes:
-// the most recently used whose resident part covers `need_end` bytes (so
-// the caller does not fault), else the one with the largest resident part.
+// the one whose resident part covers `need_end` bytes most closely (so the
+// caller neither faults nor carries a large resident tail), else the one
+// with the largest resident part.
 Segment* cache_take(size_t need_end, size_t min_size, size_t max_size) {
   Segment** best = nullptr;
   for (Segment** link = &g_cache; *link; link = &(*link)->next) {
     Segment* s = *link;
     if (s->mapped_size < min_size || s->mapped_size > max_size) continue;
-    if (s->dirty_end >= need_end) {
+    if (!best) {
       best = link;
-      break;
+      continue;
     }
-    if (!best || s->dirty_end > (*best)->dirty_end) best = link;
+    size_t b = (*best)->dirty_end;
+    bool s_covers = s->dirty_end >= need_end, b_covers = b >= need_end;
+    if (s_covers ? (!b_covers || s->dirty_end < b) : (!b_covers && s->dirty_end > b)) best = link;
   }
   if (!best) return nullptr;
   Segment* s = *best;
   *best = s->next;
   g_cache_bytes -= s->mapped_size;
+  if (!s->purged) g_cache_dirty -= s->dirty_end;
   return s;
 }
 
@@ -135,10 +144,19 @@ void segment_give_back(Segment* s, uint64_t now) {
     if (s->dirty_end > s->mapped_size) s->dirty_end = s->mapped_size;
     s->cached_at = now;
     s->purged = 0;
-    if (g_options.purge_delay_ms == 0) purge_cached(s);
     s->next = g_cache;
     g_cache = s;
     g_cache_bytes += s->mapped_size;
+    g_cache_dirty += s->dirty_end;
+    if (g_options.purge_delay_ms == 0) purge_cached(s);
+    // Over the cap: purge from the oldest end.
+    while (g_cache_dirty > kCacheDirtyMax) {
+      Segment* oldest = nullptr;
+      for (Segment* c = g_cache; c; c = c->next)
+        if (!c->purged) oldest = c;
+      if (!oldest) break;
+      purge_cached(oldest);
+    }
   } else {
     os_unmap(s, s->mapped_size);
   }
