@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The engine must never call malloc (directly or through libstdc++, stdio,
+# dlsym, std::thread or exceptions): every symbol the engine's objects take
+# from outside must be on this list of libc calls that do not allocate.
+# usage: no_malloc_inside.sh path/to/libamalloc_core.a
+set -euo pipefail
+archive=${1:?usage: $0 libamalloc_core.a}
+allowed='^(__errno_location|abort|clock_gettime|environ|fcntl|getpid|madvise|memcpy|memmove|memset|mmap|mremap|munmap|pthread_atfork|pthread_key_create|pthread_mutex_init|pthread_mutex_lock|pthread_mutex_trylock|pthread_mutex_unlock|pthread_once|pthread_setspecific|write|_GLOBAL_OFFSET_TABLE_)$'
+defined=$(nm --defined-only "$archive" | awk 'NF == 3 { print $3 }' | sort -u)
+undefined=$(nm -u "$archive" | awk 'NF == 2 && $1 == "U" { print $2 }' | sort -u)
+external=$(comm -23 <(echo "$undefined") <(echo "$defined"))
+bad=$(echo "$external" | grep -Ev "$allowed" | grep -Ev '^__(asan|tsan|ubsan|sanitizer)_' || true)
+if [[ -n $bad ]]; then
+  echo "FAIL: the engine references symbols outside the no-allocation list:" >&2
+  echo "$bad" | sed 's/^/  /' >&2
+  exit 1
+fi
+echo "engine calls only: $(echo "$external" | grep -Ev '^_GLOBAL' | tr '\n' ' ')"
+echo PASS
