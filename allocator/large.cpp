@@ -63,6 +63,9 @@ void* large_resize(Page* pg, size_t size) {
   size_t off = static_cast<size_t>(pg->start - reinterpret_cast<uint8_t*>(s));
   size_t bsize = round_page(size);
   size_t old = pg->block_size;
+  // Remember how far the block reached: what it leaves behind must be
+  // zeroed before calloc hands it out again.
+  if (off + old > s->dirty_end) s->dirty_end = off + old;
   if (off + bsize <= s->mapped_size) {
     // Shrinking a huge block by more than half gives the tail back.
     if (s->mapped_size > kSegmentSize && bsize < old / 2) {
