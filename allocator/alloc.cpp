@@ -21,7 +21,9 @@ AM_COLD void* fail(int err) {
   return nullptr;
 }
 
-bool is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
+bool is_pow2(size_t x) {
+  return x != 0 && (x & (x - 1)) == 0;
+}
 
 // The live page of block `p`, or nullptr after reporting a bad pointer.
 Page* page_checked(const char* fn, const void* p) {
@@ -151,25 +153,53 @@ using namespace am;
 
 extern "C" {
 
-void* am_malloc(size_t size) { return malloc_fast(size); }
-void am_free(void* p) { free_fast(p); }
-void am_free_sized(void* p, size_t) { free_fast(p); }
-void* am_calloc(size_t count, size_t size) { return alloc_calloc(count, size); }
-void* am_realloc(void* p, size_t size) { return alloc_realloc(p, size); }
-void* am_reallocarray(void* p, size_t count, size_t size) { return alloc_reallocarray(p, count, size); }
-void* am_memalign(size_t align, size_t size) { return alloc_aligned(align == 0 ? 1 : align, size); }
-void* am_aligned_alloc(size_t align, size_t size) { return alloc_aligned(align == 0 ? 1 : align, size); }
-int am_posix_memalign(void** out, size_t align, size_t size) { return alloc_posix_memalign(out, align, size); }
-void* am_valloc(size_t size) { return alloc_aligned(kOsPage, size); }
-void* am_pvalloc(size_t size) { return alloc_pvalloc(size); }
-size_t am_usable_size(const void* p) { return alloc_usable_size(p); }
-const char* am_version(void) { return AMALLOC_VERSION_STRING; }
+void* am_malloc(size_t size) {
+  return malloc_fast(size);
+}
+void am_free(void* p) {
+  free_fast(p);
+}
+void am_free_sized(void* p, size_t) {
+  free_fast(p);
+}
+void* am_calloc(size_t count, size_t size) {
+  return alloc_calloc(count, size);
+}
+void* am_realloc(void* p, size_t size) {
+  return alloc_realloc(p, size);
+}
+void* am_reallocarray(void* p, size_t count, size_t size) {
+  return alloc_reallocarray(p, count, size);
+}
+void* am_memalign(size_t align, size_t size) {
+  return alloc_aligned(align == 0 ? 1 : align, size);
+}
+void* am_aligned_alloc(size_t align, size_t size) {
+  return alloc_aligned(align == 0 ? 1 : align, size);
+}
+int am_posix_memalign(void** out, size_t align, size_t size) {
+  return alloc_posix_memalign(out, align, size);
+}
+void* am_valloc(size_t size) {
+  return alloc_aligned(kOsPage, size);
+}
+void* am_pvalloc(size_t size) {
+  return alloc_pvalloc(size);
+}
+size_t am_usable_size(const void* p) {
+  return alloc_usable_size(p);
+}
+const char* am_version(void) {
+  return AMALLOC_VERSION_STRING;
+}
 
 int am_owns(const void* p) {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
   return segmap_code(a) != 0 ? 1 : 0;
 }
 
-void am_collect(int force) { heap_collect(t_heap, force != 0); }
+void am_collect(int force) {
+  heap_collect(t_heap, force != 0);
+}
 
 }  // extern "C"

@@ -95,8 +95,10 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
     b->next = old;
   } while (!pg->xthread_free.compare_exchange_weak(old, b, std::memory_order_seq_cst,
                                                    std::memory_order_relaxed));
-  if (h != &g_empty_heap) h->remote_frees++;
-  else stats_add(g_os_stats.remote_frees, 1);  // a thread that never allocated
+  if (h != &g_empty_heap)
+    h->remote_frees++;
+  else
+    stats_add(g_os_stats.remote_frees, 1);  // a thread that never allocated
   // Tell the owner if the page sits on its full list (see page_to_full).
   if (pg->in_full.load(std::memory_order_seq_cst)) {
     if (Heap* o = pg->heap.load(std::memory_order_acquire))

@@ -56,7 +56,9 @@ constexpr std::array<DirectRange, kNumClasses> make_direct_ranges() {
 }
 constexpr std::array<DirectRange, kNumClasses> kDirectRange = make_direct_ranges();
 
-void make_key() { pthread_key_create(&g_heap_key, heap_thread_exit); }
+void make_key() {
+  pthread_key_create(&g_heap_key, heap_thread_exit);
+}
 
 // -- queues ----------------------------------------------------------------
 
@@ -81,8 +83,10 @@ void queue_push_back(Heap* h, Page* pg) {
   Page* old = q.first;
   pg->next = nullptr;
   pg->prev = q.last;
-  if (q.last) q.last->next = pg;
-  else q.first = pg;
+  if (q.last)
+    q.last->next = pg;
+  else
+    q.first = pg;
   q.last = pg;
   head_changed(h, pg->cls, old);
 }
@@ -90,10 +94,14 @@ void queue_push_back(Heap* h, Page* pg) {
 void queue_remove(Heap* h, Page* pg) {
   PageQueue& q = h->queues[pg->cls];
   Page* old = q.first;
-  if (pg->prev) pg->prev->next = pg->next;
-  else q.first = pg->next;
-  if (pg->next) pg->next->prev = pg->prev;
-  else q.last = pg->prev;
+  if (pg->prev)
+    pg->prev->next = pg->next;
+  else
+    q.first = pg->next;
+  if (pg->next)
+    pg->next->prev = pg->prev;
+  else
+    q.last = pg->prev;
   pg->next = pg->prev = nullptr;
   head_changed(h, pg->cls, old);
 }
@@ -106,8 +114,10 @@ void full_push(Heap* h, Page* pg) {
 }
 
 void full_remove(Heap* h, Page* pg) {
-  if (pg->prev) pg->prev->next = pg->next;
-  else h->full = pg->next;
+  if (pg->prev)
+    pg->prev->next = pg->next;
+  else
+    h->full = pg->next;
   if (pg->next) pg->next->prev = pg->prev;
   pg->next = pg->prev = nullptr;
 }
@@ -314,7 +324,9 @@ void heap_page_empty(Heap* h, Page* pg) {
   retire(pg);
 }
 
-void page_emptied(Page* pg) { heap_page_empty(t_heap, pg); }
+void page_emptied(Page* pg) {
+  heap_page_empty(t_heap, pg);
+}
 
 void heap_page_unfull(Heap* h, Page* pg) {
   full_remove(h, pg);
@@ -325,7 +337,9 @@ void heap_page_unfull(Heap* h, Page* pg) {
 
 void maintenance_maybe() {
   uint64_t now = os_now_ms();
-  if (now - g_last_purge_ms.load(std::memory_order_relaxed) < (g_options.purge_delay_ms + 1) / 2 + 1) return;
+  if (now - g_last_purge_ms.load(std::memory_order_relaxed) <
+      (g_options.purge_delay_ms + 1) / 2 + 1)
+    return;
   if (pthread_mutex_trylock(&g_lock) != 0) return;
   segment_purge_locked(now, false);
   sweep_abandoned_locked(now);

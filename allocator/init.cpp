@@ -19,8 +19,12 @@ namespace {
 
 std::atomic<uint8_t> g_inited;
 
-void fork_prepare() { pthread_mutex_lock(&g_lock); }
-void fork_parent() { pthread_mutex_unlock(&g_lock); }
+void fork_prepare() {
+  pthread_mutex_lock(&g_lock);
+}
+void fork_parent() {
+  pthread_mutex_unlock(&g_lock);
+}
 void fork_child() {
   pthread_mutex_init(&g_lock, nullptr);
   heap_fork_child();
@@ -28,10 +32,18 @@ void fork_child() {
 
 void print_options() {
   Out o;
-  o.str("amalloc ").str(AMALLOC_VERSION_STRING).str(": stats=").num(g_options.stats)
-      .str(" bad_free=").str(g_options.bad_free == kBadFreeAbort ? "abort" : "report")
-      .str(" purge_delay=").num(g_options.purge_delay_ms).str("ms segment_cache=")
-      .num(g_options.segment_cache).ch('\n').flush(2);
+  o.str("amalloc ")
+      .str(AMALLOC_VERSION_STRING)
+      .str(": stats=")
+      .num(g_options.stats)
+      .str(" bad_free=")
+      .str(g_options.bad_free == kBadFreeAbort ? "abort" : "report")
+      .str(" purge_delay=")
+      .num(g_options.purge_delay_ms)
+      .str("ms segment_cache=")
+      .num(g_options.segment_cache)
+      .ch('\n')
+      .flush(2);
 }
 
 }  // namespace
@@ -61,6 +73,8 @@ __attribute__((constructor(101))) static void amalloc_start() {
 }
 
 __attribute__((destructor(101))) static void amalloc_end() {
-  if (g_options.stats == kStatsText) stats_report(g_report_fd);
-  else if (g_options.stats == kStatsJson) stats_report_json(g_report_fd);
+  if (g_options.stats == kStatsText)
+    stats_report(g_report_fd);
+  else if (g_options.stats == kStatsJson)
+    stats_report_json(g_report_fd);
 }

@@ -15,7 +15,9 @@ namespace am {
 
 namespace {
 
-size_t round_page(size_t n) { return (n + kOsPage - 1) & ~(kOsPage - 1); }
+size_t round_page(size_t n) {
+  return (n + kOsPage - 1) & ~(kOsPage - 1);
+}
 
 // Only offset 0 passes the block check of a large page.
 constexpr uint64_t kLargeDivc = divisibility_magic(uint64_t{1} << 32);
@@ -47,7 +49,8 @@ void* large_alloc(size_t size, size_t align, bool zero) {
   s->used_pages = 1;
   stats_add(g_os_stats.large_allocs, 1);
   // Only the part a previous user touched needs zeroing.
-  if (zero && s->dirty_end > off) memset(pg->start, 0, size < s->dirty_end - off ? size : s->dirty_end - off);
+  if (zero && s->dirty_end > off)
+    memset(pg->start, 0, size < s->dirty_end - off ? size : s->dirty_end - off);
   return pg->start;
 }
 

@@ -47,11 +47,16 @@ bool options_init() {
     const char* v;
     if (!starts_with(*e, "AMALLOC_", &v)) continue;
     if (starts_with(*e, "AMALLOC_STATS=", &v)) {
-      g_options.stats = equals(v, "json") ? kStatsJson : (equals(v, "0") || *v == 0) ? kStatsOff : kStatsText;
+      g_options.stats = equals(v, "json")             ? kStatsJson
+                        : (equals(v, "0") || *v == 0) ? kStatsOff
+                                                      : kStatsText;
     } else if (starts_with(*e, "AMALLOC_BAD_FREE=", &v)) {
-      if (equals(v, "abort")) g_options.bad_free = kBadFreeAbort;
-      else if (equals(v, "report")) g_options.bad_free = kBadFreeReport;
-      else warn_unknown(*e);
+      if (equals(v, "abort"))
+        g_options.bad_free = kBadFreeAbort;
+      else if (equals(v, "report"))
+        g_options.bad_free = kBadFreeReport;
+      else
+        warn_unknown(*e);
     } else if (starts_with(*e, "AMALLOC_PURGE_DELAY=", &v)) {
       g_options.purge_delay_ms = parse_u32(v, g_options.purge_delay_ms);
     } else if (starts_with(*e, "AMALLOC_SEGMENT_CACHE=", &v)) {

@@ -8,11 +8,11 @@ enum StatsMode : uint8_t { kStatsOff = 0, kStatsText = 1, kStatsJson = 2 };
 enum BadFreeMode : uint8_t { kBadFreeAbort = 0, kBadFreeReport = 1 };
 
 struct Options {
-  uint8_t stats = kStatsOff;           // AMALLOC_STATS=0|1|json
-  uint8_t bad_free = kBadFreeAbort;    // AMALLOC_BAD_FREE=abort|report
-  uint8_t verbose = 0;                 // AMALLOC_VERBOSE=1: print the options at start
-  uint32_t purge_delay_ms = 100;       // AMALLOC_PURGE_DELAY=ms (0: purge at once)
-  uint32_t segment_cache = 64;         // AMALLOC_SEGMENT_CACHE=n empty 4 MiB segments kept mapped (purged)
+  uint8_t stats = kStatsOff;         // AMALLOC_STATS=0|1|json
+  uint8_t bad_free = kBadFreeAbort;  // AMALLOC_BAD_FREE=abort|report
+  uint8_t verbose = 0;               // AMALLOC_VERBOSE=1: print the options at start
+  uint32_t purge_delay_ms = 100;     // AMALLOC_PURGE_DELAY=ms (0: purge at once)
+  uint32_t segment_cache = 64;  // AMALLOC_SEGMENT_CACHE=n empty 4 MiB segments kept mapped (purged)
 };
 
 extern Options g_options;

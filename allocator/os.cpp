@@ -3,9 +3,9 @@
 #include <errno.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <atomic>
-#include <unistd.h>
 
 #include "allocator/config.h"
 #include "allocator/stats.h"
@@ -42,7 +42,8 @@ void* os_map_aligned(size_t size, size_t align, size_t offset) {
     if (q != MAP_FAILED) {
       stats_add(g_os_stats.mmap_calls, 1);
       if ((reinterpret_cast<uintptr_t>(q) & (align - 1)) == 0 && in_range(q, size)) {
-        hint.store(reinterpret_cast<uintptr_t>(q) + ((size + align - 1) & ~(align - 1)), std::memory_order_relaxed);
+        hint.store(reinterpret_cast<uintptr_t>(q) + ((size + align - 1) & ~(align - 1)),
+                   std::memory_order_relaxed);
         stats_add(g_os_stats.reserved_bytes, size);
         return q;
       }
@@ -113,7 +114,8 @@ void* os_remap_aligned(void* p, size_t old_size, size_t new_size, size_t align) 
   }
   if (target > a) munmap(res, target - a);
   uintptr_t end = a + total;
-  if (end > target + new_size) munmap(reinterpret_cast<void*>(target + new_size), end - (target + new_size));
+  if (end > target + new_size)
+    munmap(reinterpret_cast<void*>(target + new_size), end - (target + new_size));
   stats_add(g_os_stats.mmap_calls, 1);
   stats_add(g_os_stats.reserved_bytes, new_size);
   stats_sub(g_os_stats.reserved_bytes, old_size);

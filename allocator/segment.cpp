@@ -32,8 +32,10 @@ void list_push(Segment*& head, Segment* s) {
 }
 
 void list_remove(Segment*& head, Segment* s) {
-  if (s->prev) s->prev->next = s->next;
-  else head = s->next;
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    head = s->next;
   if (s->next) s->next->prev = s->prev;
   s->next = s->prev = nullptr;
 }
@@ -46,15 +48,18 @@ void all_push(Segment* s) {
 }
 
 void all_remove(Segment* s) {
-  if (s->all_prev) s->all_prev->all_next = s->all_next;
-  else g_all = s->all_next;
+  if (s->all_prev)
+    s->all_prev->all_next = s->all_next;
+  else
+    g_all = s->all_next;
   if (s->all_next) s->all_next->all_prev = s->all_prev;
 }
 
 // A cached segment is purged past its header, which holds the cache links.
 constexpr size_t kHeaderBytes = (sizeof(Segment) + kOsPage - 1) & ~(kOsPage - 1);
 void purge_cached(Segment* s) {
-  if (s->dirty_end > kHeaderBytes) os_purge(reinterpret_cast<uint8_t*>(s) + kHeaderBytes, s->dirty_end - kHeaderBytes);
+  if (s->dirty_end > kHeaderBytes)
+    os_purge(reinterpret_cast<uint8_t*>(s) + kHeaderBytes, s->dirty_end - kHeaderBytes);
   g_cache_dirty -= s->dirty_end;
   s->purged = 1;
   s->dirty_end = 0;
@@ -69,7 +74,9 @@ void segmap_set(Segment* s, bool live) {
 
 // Page slots of a small or medium segment: first slot of each page.
 constexpr uint32_t kFirstSlot = 1;
-inline uint32_t last_slot(const Segment* s) { return kMaxPages - static_cast<uint32_t>(page_slots(s)); }
+inline uint32_t last_slot(const Segment* s) {
+  return kMaxPages - static_cast<uint32_t>(page_slots(s));
+}
 inline uint32_t pages_per_segment(const Segment* s) {
   return (kMaxPages - kFirstSlot) / static_cast<uint32_t>(page_slots(s));
 }
@@ -103,7 +110,8 @@ Segment* cache_take(size_t need_end, size_t min_size, size_t max_size) {
 // from the cache or the OS, with a clean header.
 Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
   // A large block may take a cached mapping up to twice its need.
-  size_t max_size = kind == kSegLarge ? (size < kSegmentSize ? 2 * kSegmentSize : 2 * size) : kSegmentSize;
+  size_t max_size =
+      kind == kSegLarge ? (size < kSegmentSize ? 2 * kSegmentSize : 2 * size) : kSegmentSize;
   Segment* s = cache_take(need_end, size, max_size);
   size_t dirty_end = 0;
   uint64_t cached_at = 0;
@@ -124,7 +132,8 @@ Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
   for (uint32_t i = 0; i < kMaxPages; i++) {
     s->pages[i].dirty = dirty_end >= (size_t{i} + span) << kSlotShift;
     s->pages[i].retired_at = cached_at;
-    if (kind == kSegMedium && i >= kFirstSlot) s->pages[i].span_off = static_cast<uint8_t>((i - kFirstSlot) % span);
+    if (kind == kSegMedium && i >= kFirstSlot)
+      s->pages[i].span_off = static_cast<uint8_t>((i - kFirstSlot) % span);
   }
   all_push(s);
   segmap_set(s, true);
@@ -138,7 +147,8 @@ void segment_give_back(Segment* s, uint64_t now) {
       g_cache_bytes + s->mapped_size <= size_t{g_options.segment_cache} * kSegmentSize) {
     // What the block reached, or what an earlier user left resident.
     size_t end = s->kind == kSegLarge
-                     ? static_cast<size_t>(s->pages[0].start - reinterpret_cast<uint8_t*>(s)) + s->pages[0].block_size
+                     ? static_cast<size_t>(s->pages[0].start - reinterpret_cast<uint8_t*>(s)) +
+                           s->pages[0].block_size
                      : kSegmentSize;
     if (end > s->dirty_end) s->dirty_end = end;
     if (s->dirty_end > s->mapped_size) s->dirty_end = s->mapped_size;
@@ -260,7 +270,9 @@ Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
   return s;
 }
 
-void segment_large_free_locked(Segment* s, uint64_t now) { segment_give_back(s, now); }
+void segment_large_free_locked(Segment* s, uint64_t now) {
+  segment_give_back(s, now);
+}
 
 Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
   segmap_set(s, false);
@@ -313,7 +325,8 @@ SegmentTotals segment_totals_locked() {
       const Page& pg = s->pages[i];
       if (pg.in_use) {
         t.pages_in_use++;
-        t.in_use += uint64_t{__atomic_load_n(&pg.used, __ATOMIC_RELAXED) - pg.is_head} * pg.block_size;
+        t.in_use +=
+            uint64_t{__atomic_load_n(&pg.used, __ATOMIC_RELAXED) - pg.is_head} * pg.block_size;
         t.committed += uint64_t{pg.capacity} * pg.block_size;
       } else if (pg.dirty) {
         t.committed += page_area_size(s);

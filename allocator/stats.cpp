@@ -50,16 +50,43 @@ void stats_report(int fd) {
   am_stats_t s;
   am_stats_get(&s);
   Out o;
-  o.str("amalloc ").str(AMALLOC_VERSION_STRING).str(" stats (pid ").num(static_cast<uint64_t>(getpid())).str(")\n");
-  o.str("  in use:     ").bytes(s.in_use_bytes).str(" in ").num(s.pages_in_use).str(" pages and ")
-      .num(s.large_blocks).str(" large blocks\n");
-  o.str("  committed:  ").bytes(s.committed_bytes).str(" (reserved ").bytes(s.reserved_bytes).str(" in ")
-      .num(s.segments).str(" segments)\n");
-  o.str("  os:         ").num(s.mmap_calls).str(" maps, ").num(s.munmap_calls).str(" unmaps, ")
-      .bytes(s.purged_bytes).str(" purged\n");
-  o.str("  threads:    ").num(s.heaps_created).str(" heaps made, ").num(s.heaps_abandoned)
-      .str(" abandoned, ").num(s.pages_adopted).str(" pages adopted\n");
-  o.str("  frees:      ").num(s.remote_frees).str(" from other threads, ").num(s.bad_frees)
+  o.str("amalloc ")
+      .str(AMALLOC_VERSION_STRING)
+      .str(" stats (pid ")
+      .num(static_cast<uint64_t>(getpid()))
+      .str(")\n");
+  o.str("  in use:     ")
+      .bytes(s.in_use_bytes)
+      .str(" in ")
+      .num(s.pages_in_use)
+      .str(" pages and ")
+      .num(s.large_blocks)
+      .str(" large blocks\n");
+  o.str("  committed:  ")
+      .bytes(s.committed_bytes)
+      .str(" (reserved ")
+      .bytes(s.reserved_bytes)
+      .str(" in ")
+      .num(s.segments)
+      .str(" segments)\n");
+  o.str("  os:         ")
+      .num(s.mmap_calls)
+      .str(" maps, ")
+      .num(s.munmap_calls)
+      .str(" unmaps, ")
+      .bytes(s.purged_bytes)
+      .str(" purged\n");
+  o.str("  threads:    ")
+      .num(s.heaps_created)
+      .str(" heaps made, ")
+      .num(s.heaps_abandoned)
+      .str(" abandoned, ")
+      .num(s.pages_adopted)
+      .str(" pages adopted\n");
+  o.str("  frees:      ")
+      .num(s.remote_frees)
+      .str(" from other threads, ")
+      .num(s.bad_frees)
       .str(" invalid\n");
   o.flush(fd);
 }
@@ -72,7 +99,10 @@ void stats_report_json(int fd) {
   am_stats_t s;
   am_stats_get(&s);
   Out o;
-  o.str("{\"amalloc\":\"").str(AMALLOC_VERSION_STRING).str("\",\"pid\":").num(static_cast<uint64_t>(getpid()));
+  o.str("{\"amalloc\":\"")
+      .str(AMALLOC_VERSION_STRING)
+      .str("\",\"pid\":")
+      .num(static_cast<uint64_t>(getpid()));
   auto field = [&o](const char* name, uint64_t v) { o.str(",\"").str(name).str("\":").num(v); };
   field("in_use_bytes", s.in_use_bytes);
   field("committed_bytes", s.committed_bytes);
@@ -93,5 +123,9 @@ void stats_report_json(int fd) {
 
 }  // namespace am
 
-extern "C" void am_stats_print(void) { stats_report(2); }
-extern "C" void am_stats_print_json(void) { stats_report_json(2); }
+extern "C" void am_stats_print(void) {
+  stats_report(2);
+}
+extern "C" void am_stats_print_json(void) {
+  stats_report_json(2);
+}

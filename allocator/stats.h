@@ -27,7 +27,11 @@ extern int g_report_fd;
 void stats_report(int fd);
 void stats_report_json(int fd);
 
-inline void stats_add(std::atomic<uint64_t>& c, uint64_t n) { c.fetch_add(n, std::memory_order_relaxed); }
-inline void stats_sub(std::atomic<uint64_t>& c, uint64_t n) { c.fetch_sub(n, std::memory_order_relaxed); }
+inline void stats_add(std::atomic<uint64_t>& c, uint64_t n) {
+  c.fetch_add(n, std::memory_order_relaxed);
+}
+inline void stats_sub(std::atomic<uint64_t>& c, uint64_t n) {
+  c.fetch_sub(n, std::memory_order_relaxed);
+}
 
 }  // namespace am

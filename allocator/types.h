@@ -97,7 +97,7 @@ struct Heap {
   Page* full = nullptr;  // pages with no free block, doubly linked
   // Set by another thread that freed into one of our full pages.
   std::atomic<uint8_t> full_remote_hint{0};
-  uint8_t live = 0;  // owned by a thread (not in the heap pool)
+  uint8_t live = 0;      // owned by a thread (not in the heap pool)
   uintptr_t thread = 0;  // the owner's thread pointer
   uint32_t slow_calls = 0;
   Heap* next = nullptr;  // all heaps ever made / the pool of unused heaps

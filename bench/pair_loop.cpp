@@ -27,7 +27,9 @@
 
 namespace {
 
-inline void keep(void* p) { asm volatile("" : : "r"(p) : "memory"); }
+inline void keep(void* p) {
+  asm volatile("" : : "r"(p) : "memory");
+}
 
 [[noreturn]] void usage() {
   std::fprintf(stderr,

@@ -33,32 +33,16 @@
 #include <unordered_map>
 #include <vector>
 
+#include "bench_common.h"
+
 namespace {
 
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed) {}
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  uint32_t below(uint32_t n) { return uint32_t((next() >> 32) * n >> 32); }
-};
+using bench::hw_threads;
+using bench::Rng;
+using bench::small_size;
 
-uint32_t small_size(Rng& r) {
-  uint32_t b = r.below(100);
-  if (b < 50) return 16 + r.below(49);
-  if (b < 80) return 65 + r.below(64);
-  if (b < 95) return 129 + r.below(128);
-  return 257 + r.below(256);
-}
 
-unsigned hw_threads() {
-  unsigned n = std::thread::hardware_concurrency();
-  return n == 0 ? 1 : n;
-}
+
 
 uint64_t run_stl(unsigned scale) {
   Rng rng(0x57100001);
@@ -216,7 +200,7 @@ uint64_t run_mixed(unsigned scale) {
           std::free(live[k]);
         }
         uint32_t r = rng.below(1000);
-        uint32_t sz = r < 900 ? 8 + rng.below(120)
+        uint32_t sz = r < 900   ? 8 + rng.below(120)
                       : r < 990 ? 128 + rng.below(3968)
                                 : 4096 + rng.below(61440);
         char* p = static_cast<char*>(std::malloc(sz));

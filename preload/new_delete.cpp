@@ -50,12 +50,24 @@ AM_INLINE void* new_nothrow(size_t size) noexcept {
 
 #define AM_EXPORT __attribute__((visibility("default")))
 
-AM_EXPORT void* operator new(size_t n) { return new_impl(n); }
-AM_EXPORT void* operator new[](size_t n) { return new_impl(n); }
-AM_EXPORT void* operator new(size_t n, const std::nothrow_t&) noexcept { return new_nothrow(n); }
-AM_EXPORT void* operator new[](size_t n, const std::nothrow_t&) noexcept { return new_nothrow(n); }
-AM_EXPORT void* operator new(size_t n, std::align_val_t al) { return new_aligned(n, al, false); }
-AM_EXPORT void* operator new[](size_t n, std::align_val_t al) { return new_aligned(n, al, false); }
+AM_EXPORT void* operator new(size_t n) {
+  return new_impl(n);
+}
+AM_EXPORT void* operator new[](size_t n) {
+  return new_impl(n);
+}
+AM_EXPORT void* operator new(size_t n, const std::nothrow_t&) noexcept {
+  return new_nothrow(n);
+}
+AM_EXPORT void* operator new[](size_t n, const std::nothrow_t&) noexcept {
+  return new_nothrow(n);
+}
+AM_EXPORT void* operator new(size_t n, std::align_val_t al) {
+  return new_aligned(n, al, false);
+}
+AM_EXPORT void* operator new[](size_t n, std::align_val_t al) {
+  return new_aligned(n, al, false);
+}
 AM_EXPORT void* operator new(size_t n, std::align_val_t al, const std::nothrow_t&) noexcept {
   try {
     return new_aligned(n, al, true);
@@ -71,15 +83,39 @@ AM_EXPORT void* operator new[](size_t n, std::align_val_t al, const std::nothrow
   }
 }
 
-AM_EXPORT void operator delete(void* p) noexcept { free_fast(p); }
-AM_EXPORT void operator delete[](void* p) noexcept { free_fast(p); }
-AM_EXPORT void operator delete(void* p, const std::nothrow_t&) noexcept { free_fast(p); }
-AM_EXPORT void operator delete[](void* p, const std::nothrow_t&) noexcept { free_fast(p); }
-AM_EXPORT void operator delete(void* p, size_t) noexcept { free_fast(p); }
-AM_EXPORT void operator delete[](void* p, size_t) noexcept { free_fast(p); }
-AM_EXPORT void operator delete(void* p, std::align_val_t) noexcept { free_fast(p); }
-AM_EXPORT void operator delete[](void* p, std::align_val_t) noexcept { free_fast(p); }
-AM_EXPORT void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { free_fast(p); }
-AM_EXPORT void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { free_fast(p); }
-AM_EXPORT void operator delete(void* p, size_t, std::align_val_t) noexcept { free_fast(p); }
-AM_EXPORT void operator delete[](void* p, size_t, std::align_val_t) noexcept { free_fast(p); }
+AM_EXPORT void operator delete(void* p) noexcept {
+  free_fast(p);
+}
+AM_EXPORT void operator delete[](void* p) noexcept {
+  free_fast(p);
+}
+AM_EXPORT void operator delete(void* p, const std::nothrow_t&) noexcept {
+  free_fast(p);
+}
+AM_EXPORT void operator delete[](void* p, const std::nothrow_t&) noexcept {
+  free_fast(p);
+}
+AM_EXPORT void operator delete(void* p, size_t) noexcept {
+  free_fast(p);
+}
+AM_EXPORT void operator delete[](void* p, size_t) noexcept {
+  free_fast(p);
+}
+AM_EXPORT void operator delete(void* p, std::align_val_t) noexcept {
+  free_fast(p);
+}
+AM_EXPORT void operator delete[](void* p, std::align_val_t) noexcept {
+  free_fast(p);
+}
+AM_EXPORT void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept {
+  free_fast(p);
+}
+AM_EXPORT void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept {
+  free_fast(p);
+}
+AM_EXPORT void operator delete(void* p, size_t, std::align_val_t) noexcept {
+  free_fast(p);
+}
+AM_EXPORT void operator delete[](void* p, size_t, std::align_val_t) noexcept {
+  free_fast(p);
+}

@@ -77,7 +77,8 @@ int main(int argc, char** argv) {
         free(p);
       });
     for (auto& th : threads) th.join();
-    for (int t = 0; t < 8; t++) check(got[t] == static_cast<size_t>(100 + t + 1), "TLS string in a new thread");
+    for (int t = 0; t < 8; t++)
+      check(got[t] == static_cast<size_t>(100 + t + 1), "TLS string in a new thread");
   }
   dlclose(lib);
 

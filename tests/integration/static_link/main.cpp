@@ -67,6 +67,7 @@ int main() {
     std::printf("am_version() = %s, header says %s\n", am_version(), AMALLOC_VERSION_STRING);
     ++failures;
   }
-  std::printf("%s\n", failures == 0 ? "static link: all allocations from amalloc" : "static link: FAILED");
+  std::printf("%s\n",
+              failures == 0 ? "static link: all allocations from amalloc" : "static link: FAILED");
   return failures == 0 ? 0 : 1;
 }
