@@ -21,9 +21,7 @@ AM_COLD void* fail(int err) {
   return nullptr;
 }
 
-bool is_pow2(size_t x) {
-  return x != 0 && (x & (x - 1)) == 0;
-}
+bool is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 
 // The live page of block `p`, or nullptr after reporting a bad pointer.
 Page* page_checked(const char* fn, const void* p) {
@@ -44,9 +42,18 @@ Page* page_checked(const char* fn, const void* p) {
 AM_NOINLINE void* malloc_slow(size_t size) {
   Heap* h = heap_get();
   if (AM_UNLIKELY(h == nullptr)) return fail(ENOMEM);
+  return heap_malloc_slow(h, size);
+}
+
+AM_NOINLINE void* heap_malloc_slow(Heap* h, size_t size) {
   if (size <= kDirectMax) {
     Page* pg = h->direct[(size + 15) >> 4];
-    if (pg->free) return malloc_fast(size);
+    if (pg->free) {
+      Block* b = pg->free;
+      pg->free = b->next;
+      pg->used++;
+      return b;
+    }
     return heap_alloc_class(h, kDirectClass[(size + 15) >> 4]);
   }
   if (size <= kMediumMax) {
@@ -61,12 +68,12 @@ AM_NOINLINE void* malloc_slow(size_t size) {
     return heap_alloc_class(h, cls);
   }
   if (size > kMaxRequest) return fail(ENOMEM);
-  return large_alloc(size, 0, false);
+  return large_alloc(h, size, 0, false);
 }
 
-void* alloc_aligned(size_t align, size_t size) {
+void* alloc_aligned(Heap* h, size_t align, size_t size) {
   if (!is_pow2(align)) return fail(EINVAL);
-  if (align <= 16) return malloc_fast(size);
+  if (align <= 16) return alloc_from(h, size);
   if (size > kMaxRequest || align > kMaxRequest) return fail(ENOMEM);
   // Small and medium pages start at multiples of their (power of two)
   // size, so a block is `align`-aligned when its class size is a multiple
@@ -74,26 +81,26 @@ void* alloc_aligned(size_t align, size_t size) {
   if (align <= kMediumMax && size <= kMediumMax) {
     size_t need = size < align ? align : size;
     for (unsigned c = size_to_class(need); c < kNumClasses; c++)
-      if (kClassSize[c] % align == 0) return malloc_fast(kClassSize[c]);
+      if (kClassSize[c] % align == 0) return alloc_from(h, kClassSize[c]);
   }
-  if (heap_get() == nullptr) return fail(ENOMEM);
-  return large_alloc(size == 0 ? 1 : size, align, false);
+  if (!h && !(h = heap_get())) return fail(ENOMEM);
+  return large_alloc(h, size == 0 ? 1 : size, align, false);
 }
 
-void* alloc_calloc(size_t count, size_t size) {
+void* alloc_calloc(Heap* h, size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total) || total > kMaxRequest) return fail(ENOMEM);
   if (total > kMediumMax) {
-    if (heap_get() == nullptr) return fail(ENOMEM);
-    return large_alloc(total, 0, true);
+    if (!h && !(h = heap_get())) return fail(ENOMEM);
+    return large_alloc(h, total, 0, true);
   }
-  void* p = malloc_fast(total);
+  void* p = alloc_from(h, total);
   if (p) memset(p, 0, total);
   return p;
 }
 
-void* alloc_realloc(void* p, size_t size) {
-  if (p == nullptr) return malloc_fast(size);
+void* alloc_realloc(Heap* h, void* p, size_t size) {
+  if (p == nullptr) return alloc_from(h, size);
   if (size == 0) {
     free_fast(p);
     return nullptr;
@@ -109,7 +116,7 @@ void* alloc_realloc(void* p, size_t size) {
   } else if (size <= old && size > old / 2) {
     return p;  // fits, and not much smaller
   }
-  void* q = malloc_fast(size);
+  void* q = alloc_from(h, size);
   if (!q) return nullptr;
   memcpy(q, p, size < old ? size : old);
   free_fast(p);
@@ -125,7 +132,7 @@ size_t alloc_usable_size(const void* p) {
 int alloc_posix_memalign(void** out, size_t align, size_t size) {
   if (!is_pow2(align) || align % sizeof(void*) != 0) return EINVAL;
   int saved = errno;
-  void* p = alloc_aligned(align, size);
+  void* p = alloc_aligned(nullptr, align, size);
   if (!p) {
     int err = errno;
     errno = saved;
@@ -138,13 +145,13 @@ int alloc_posix_memalign(void** out, size_t align, size_t size) {
 void* alloc_pvalloc(size_t size) {
   size_t rounded = (size + kOsPage - 1) & ~(kOsPage - 1);
   if (rounded < size) return fail(ENOMEM);
-  return alloc_aligned(kOsPage, rounded == 0 ? kOsPage : rounded);
+  return alloc_aligned(nullptr, kOsPage, rounded == 0 ? kOsPage : rounded);
 }
 
 void* alloc_reallocarray(void* p, size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) return fail(ENOMEM);
-  return alloc_realloc(p, total);
+  return alloc_realloc(nullptr, p, total);
 }
 
 }  // namespace am
@@ -153,53 +160,33 @@ using namespace am;
 
 extern "C" {
 
-void* am_malloc(size_t size) {
-  return malloc_fast(size);
-}
-void am_free(void* p) {
-  free_fast(p);
-}
-void am_free_sized(void* p, size_t) {
-  free_fast(p);
-}
-void* am_calloc(size_t count, size_t size) {
-  return alloc_calloc(count, size);
-}
-void* am_realloc(void* p, size_t size) {
-  return alloc_realloc(p, size);
-}
+void* am_malloc(size_t size) { return malloc_fast(size); }
+void am_free(void* p) { free_fast(p); }
+void am_free_sized(void* p, size_t) { free_fast(p); }
+void* am_calloc(size_t count, size_t size) { return alloc_calloc(nullptr, count, size); }
+void* am_realloc(void* p, size_t size) { return alloc_realloc(nullptr, p, size); }
 void* am_reallocarray(void* p, size_t count, size_t size) {
   return alloc_reallocarray(p, count, size);
 }
 void* am_memalign(size_t align, size_t size) {
-  return alloc_aligned(align == 0 ? 1 : align, size);
+  return alloc_aligned(nullptr, align == 0 ? 1 : align, size);
 }
 void* am_aligned_alloc(size_t align, size_t size) {
-  return alloc_aligned(align == 0 ? 1 : align, size);
+  return alloc_aligned(nullptr, align == 0 ? 1 : align, size);
 }
 int am_posix_memalign(void** out, size_t align, size_t size) {
   return alloc_posix_memalign(out, align, size);
 }
-void* am_valloc(size_t size) {
-  return alloc_aligned(kOsPage, size);
-}
-void* am_pvalloc(size_t size) {
-  return alloc_pvalloc(size);
-}
-size_t am_usable_size(const void* p) {
-  return alloc_usable_size(p);
-}
-const char* am_version(void) {
-  return AMALLOC_VERSION_STRING;
-}
+void* am_valloc(size_t size) { return alloc_aligned(nullptr, kOsPage, size); }
+void* am_pvalloc(size_t size) { return alloc_pvalloc(size); }
+size_t am_usable_size(const void* p) { return alloc_usable_size(p); }
+const char* am_version(void) { return AMALLOC_VERSION_STRING; }
 
 int am_owns(const void* p) {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
   return segmap_code(a) != 0 ? 1 : 0;
 }
 
-void am_collect(int force) {
-  heap_collect(t_heap, force != 0);
-}
+void am_collect(int force) { heap_collect(t_heap, force != 0); }
 
 }  // extern "C"

@@ -11,6 +11,7 @@
 namespace am {
 
 void* malloc_slow(size_t size);
+void* heap_malloc_slow(Heap* h, size_t size);
 void free_slow(void* p, Page* slot);
 void free_not_ours(void* p);
 void free_bad_block(void* p, Page* pg);
@@ -30,13 +31,32 @@ AM_INLINE void* malloc_fast(size_t size) {
   return malloc_slow(size);
 }
 
+// The same from a given heap (am_heap_malloc).
+AM_INLINE void* heap_malloc(Heap* h, size_t size) {
+  if (AM_LIKELY(size <= kDirectMax)) {
+    Page* pg = h->direct[(size + 15) >> 4];
+    Block* b = pg->free;
+    if (AM_LIKELY(b != nullptr)) {
+      pg->free = b->next;
+      pg->used++;
+      return b;
+    }
+  }
+  return heap_malloc_slow(h, size);
+}
+
+// From heap `h`, or from the calling thread's current heap when h is null.
+AM_INLINE void* alloc_from(Heap* h, size_t size) {
+  return h ? heap_malloc(h, size) : malloc_fast(size);
+}
+
 // Segment map -> slot page -> owner check -> block check -> push. NULL, foreign
 // pointers, remote frees and full pages all leave through one branch each.
 AM_INLINE void free_fast(void* p) {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
   if (AM_UNLIKELY(!segmap_fast(a))) return free_not_ours(p);
   Page* pg = slot_page(a);
-  if (AM_UNLIKELY(pg->owner_thread.load(std::memory_order_relaxed) != thread_pointer()))
+  if (AM_UNLIKELY(pg->owner_fast.load(std::memory_order_relaxed) != t_heap))
     return free_slow(p, pg);
   // On the fast path the block lies in its page's first slot, which starts
   // at a 64 KiB boundary: its offset is the low 16 bits.

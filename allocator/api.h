@@ -5,9 +5,13 @@
 
 namespace am {
 
-void* alloc_aligned(size_t align, size_t size);
-void* alloc_calloc(size_t count, size_t size);
-void* alloc_realloc(void* p, size_t size);
+struct Heap;
+
+// `h` is the heap to allocate from; nullptr means the calling thread's
+// current heap.
+void* alloc_aligned(Heap* h, size_t align, size_t size);
+void* alloc_calloc(Heap* h, size_t count, size_t size);
+void* alloc_realloc(Heap* h, void* p, size_t size);
 void* alloc_reallocarray(void* p, size_t count, size_t size);
 size_t alloc_usable_size(const void* p);
 int alloc_posix_memalign(void** out, size_t align, size_t size);

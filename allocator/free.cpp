@@ -99,10 +99,13 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
     h->remote_frees++;
   else
     stats_add(g_os_stats.remote_frees, 1);  // a thread that never allocated
-  // Tell the owner if the page sits on its full list (see page_to_full).
-  if (pg->in_full.load(std::memory_order_seq_cst)) {
-    if (Heap* o = pg->heap.load(std::memory_order_acquire))
-      o->full_remote_hint.store(1, std::memory_order_relaxed);
+  // Tell the owner if the page sits on its full list (see page_to_full),
+  // and that there is something to collect at its idle point.
+  bool full = pg->in_full.load(std::memory_order_seq_cst);
+  if (Heap* o = pg->heap.load(std::memory_order_acquire)) {
+    if (full) o->full_remote_hint.store(1, std::memory_order_relaxed);
+    if (!o->remote_hint.load(std::memory_order_relaxed))
+      o->remote_hint.store(1, std::memory_order_relaxed);
   }
 }
 

@@ -30,11 +30,14 @@ constexpr std::array<Page*, kDirectSlots> empty_direct(std::index_sequence<I...>
 
 constinit Heap g_empty_heap{.direct = empty_direct(std::make_index_sequence<kDirectSlots>())};
 __thread Heap* t_heap __attribute__((tls_model("initial-exec"))) = &g_empty_heap;
+__thread Heap* t_default __attribute__((tls_model("initial-exec"))) = nullptr;
 
 namespace {
 
 pthread_key_t g_heap_key;
 pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
+// Whether this thread has set the key (so that its destructor runs).
+__thread bool t_key_set __attribute__((tls_model("initial-exec")));
 Heap* g_heaps;      // every heap ever made (heaps are never unmapped)
 Heap* g_heap_pool;  // heaps whose thread ended
 uint8_t* g_heap_chunk;
@@ -56,9 +59,7 @@ constexpr std::array<DirectRange, kNumClasses> make_direct_ranges() {
 }
 constexpr std::array<DirectRange, kNumClasses> kDirectRange = make_direct_ranges();
 
-void make_key() {
-  pthread_key_create(&g_heap_key, heap_thread_exit);
-}
+void make_key() { pthread_key_create(&g_heap_key, heap_thread_exit); }
 
 // -- queues ----------------------------------------------------------------
 
@@ -128,7 +129,7 @@ void full_remove(Heap* h, Page* pg) {
 // re-check below or sees in_full and raises the heap's hint.
 void page_to_full(Heap* h, Page* pg) {
   queue_remove(h, pg);
-  pg->owner_thread.store(0, std::memory_order_relaxed);
+  pg->owner_fast.store(nullptr, std::memory_order_relaxed);
   pg->in_full.store(1, std::memory_order_seq_cst);
   full_push(h, pg);
   if (pg->xthread_free.load(std::memory_order_seq_cst) != nullptr) heap_page_unfull(h, pg);
@@ -193,7 +194,7 @@ Page* page_new(Heap* h, unsigned cls) {
   }
   if (adopted) {
     pg->heap.store(h, std::memory_order_release);
-    pg->owner_thread.store(h->thread, std::memory_order_relaxed);
+    pg->owner_fast.store(h, std::memory_order_relaxed);
     pg->in_full.store(0, std::memory_order_relaxed);
     pg->next = pg->prev = nullptr;
     page_collect(pg);
@@ -244,7 +245,7 @@ void heap_abandon_locked(Heap* h) {
       pg->is_head = 0;
       pg->used--;
     }
-    pg->owner_thread.store(0, std::memory_order_relaxed);
+    pg->owner_fast.store(nullptr, std::memory_order_relaxed);
     pg->in_full.store(0, std::memory_order_relaxed);
     if (pg->used == 0) {
       segment_page_free_locked(pg, now);
@@ -270,20 +271,22 @@ void heap_abandon_locked(Heap* h) {
     give_up(pg);
     pg = next;
   }
+  // Large blocks stay valid and belong to no heap from now on.
+  while (Segment* s = h->large) heap_large_unlink_locked(s);
   heap_reset(h);
   h->live = 0;
+  h->is_default = 0;
+  h->bound_thread.store(0, std::memory_order_relaxed);
   h->pool_next = g_heap_pool;
   g_heap_pool = h;
   stats_add(g_os_stats.heaps_abandoned, 1);
 }
 
-}  // namespace
-
-Heap* heap_get() {
-  Heap* h = t_heap;
-  if (AM_LIKELY(h != &g_empty_heap)) return h;
+// A heap record from the pool, reset, or nullptr.
+Heap* heap_make(bool is_default) {
   global_init();
   pthread_once(&g_key_once, make_key);
+  Heap* h;
   {
     LockGuard g;
     h = heap_carve_locked();
@@ -291,12 +294,118 @@ Heap* heap_get() {
     h->live = 1;
   }
   heap_reset(h);
-  h->thread = thread_pointer();
-  t_heap = h;
-  // After t_heap is set: pthread_setspecific may itself call calloc.
-  pthread_setspecific(g_heap_key, h);
+  h->is_default = is_default;
   stats_add(g_os_stats.heaps_created, 1);
   return h;
+}
+
+// Register the thread's exit hook (pthread_setspecific may call calloc,
+// so only after t_heap is usable).
+void ensure_key() {
+  if (t_key_set) return;
+  t_key_set = true;
+  pthread_setspecific(g_heap_key, &g_empty_heap);
+}
+
+}  // namespace
+
+Heap* heap_get() {
+  Heap* h = t_heap;
+  if (AM_LIKELY(h != &g_empty_heap)) return h;
+  h = heap_make(true);
+  if (!h) return nullptr;
+  t_default = h;
+  t_heap = h;
+  ensure_key();
+  return h;
+}
+
+Heap* heap_new() { return heap_make(false); }
+
+Heap* heap_bind(Heap* h, bool* ok) {
+  *ok = true;
+  Heap* prev = t_heap;
+  Heap* target = h ? h : (t_default ? t_default : &g_empty_heap);
+  Heap* prev_user = (prev == &g_empty_heap || prev->is_default) ? nullptr : prev;
+  if (target == prev) return prev_user;
+  if (h) {
+    // One thread at a time: claim the heap.
+    uintptr_t me = static_cast<uintptr_t>(pthread_self());
+    uintptr_t expect = 0;
+    if (!h->bound_thread.compare_exchange_strong(expect, me, std::memory_order_acquire) &&
+        expect != me) {
+      *ok = false;
+      return prev_user;
+    }
+  }
+  if (prev_user) prev_user->bound_thread.store(0, std::memory_order_release);
+  t_heap = target;
+  ensure_key();
+  return prev_user;
+}
+
+void heap_destroy(Heap* h) {
+  LockGuard g;
+  uint64_t now = os_now_ms();
+  auto drop = [&](Page* pg) {
+    while (pg) {
+      Page* next = pg->next;
+      segment_page_free_locked(pg, now);
+      pg = next;
+    }
+  };
+  for (unsigned c = 0; c < kNumClasses; c++) drop(h->queues[c].first);
+  drop(h->full);
+  while (Segment* s = h->large) {
+    heap_large_unlink_locked(s);
+    s->pages[0].in_use = 0;
+    segment_large_free_locked(s, now);
+  }
+  heap_reset(h);
+}
+
+void heap_delete(Heap* h) {
+  if (t_heap == h) t_heap = t_default ? t_default : &g_empty_heap;
+  LockGuard g;
+  heap_abandon_locked(h);
+}
+
+void heap_large_link_locked(Heap* h, Segment* s) {
+  s->large_owner = h;
+  s->heap_prev = nullptr;
+  s->heap_next = h->large;
+  if (h->large) h->large->heap_prev = s;
+  h->large = s;
+}
+
+void heap_large_unlink_locked(Segment* s) {
+  Heap* h = s->large_owner;
+  if (!h) return;
+  if (s->heap_prev)
+    s->heap_prev->heap_next = s->heap_next;
+  else
+    h->large = s->heap_next;
+  if (s->heap_next) s->heap_next->heap_prev = s->heap_prev;
+  s->heap_next = s->heap_prev = nullptr;
+  s->large_owner = nullptr;
+}
+
+void heap_idle(Heap* h) {
+  if (h->remote_hint.load(std::memory_order_relaxed) ||
+      h->full_remote_hint.load(std::memory_order_relaxed)) {
+    h->remote_hint.store(0, std::memory_order_relaxed);
+    unfull_remote(h);
+    for (unsigned c = 0; c < kNumClasses; c++) {
+      Page* pg = h->queues[c].first;
+      while (pg) {
+        Page* next = pg->next;
+        if (page_collect(pg) && page_is_empty(pg) && !pg->is_head) heap_page_empty(h, pg);
+        pg = next;
+      }
+    }
+  }
+  // Looking at the clock costs more than the rest: every 64th call.
+  if ((++h->idle_calls & 63) == 0) maintenance_maybe();
 }
 
 void* heap_alloc_class(Heap* h, unsigned cls) {
@@ -324,14 +433,12 @@ void heap_page_empty(Heap* h, Page* pg) {
   retire(pg);
 }
 
-void page_emptied(Page* pg) {
-  heap_page_empty(t_heap, pg);
-}
+void page_emptied(Page* pg) { heap_page_empty(t_heap, pg); }
 
 void heap_page_unfull(Heap* h, Page* pg) {
   full_remove(h, pg);
   pg->in_full.store(0, std::memory_order_relaxed);
-  pg->owner_thread.store(h->thread, std::memory_order_relaxed);
+  pg->owner_fast.store(h, std::memory_order_relaxed);
   queue_push_back(h, pg);
 }
 
@@ -365,19 +472,32 @@ void heap_collect(Heap* h, bool force) {
   segment_purge_locked(now, force);
 }
 
-void heap_thread_exit(void* v) {
-  Heap* h = static_cast<Heap*>(v);
-  if (!h) return;
-  if (t_heap == h) t_heap = &g_empty_heap;
+void heap_thread_exit(void*) {
+  // A bound heap is released (it survives the thread); the default heap
+  // is given up.
+  Heap* cur = t_heap;
+  if (cur != &g_empty_heap && !cur->is_default)
+    cur->bound_thread.store(0, std::memory_order_release);
+  t_heap = &g_empty_heap;
+  t_key_set = false;
+  Heap* d = t_default;
+  t_default = nullptr;
+  if (!d) return;
   LockGuard g;
-  heap_abandon_locked(h);
+  heap_abandon_locked(d);
 }
 
 void heap_fork_child() {
-  // Only the forking thread lives on: every other heap is orphaned.
+  // Only the forking thread lives on: the other threads' default heaps are
+  // orphaned, and heaps they had bound become free to bind.
   LockGuard g;
-  for (Heap* h = g_heaps; h; h = h->next)
-    if (h->live && h != t_heap) heap_abandon_locked(h);
+  for (Heap* h = g_heaps; h; h = h->next) {
+    if (!h->live) continue;
+    if (h->is_default && h != t_default)
+      heap_abandon_locked(h);
+    else if (!h->is_default && h != t_heap)
+      h->bound_thread.store(0, std::memory_order_relaxed);
+  }
 }
 
 void heap_stats_sum(uint64_t* remote_frees, uint64_t* pages_adopted) {

@@ -10,7 +10,10 @@ namespace am {
 extern Page g_empty_page;
 // The heap of threads that have not allocated yet (never owns a page).
 extern Heap g_empty_heap;
+// The calling thread's current heap (its default heap, or the heap it has
+// bound), and its default heap (nullptr until first needed).
 extern __thread Heap* t_heap __attribute__((tls_model("initial-exec")));
+extern __thread Heap* t_default __attribute__((tls_model("initial-exec")));
 
 // The calling thread's heap, creating it on first use; nullptr if the OS
 // refuses memory for it.
@@ -27,6 +30,20 @@ void heap_page_unfull(Heap* h, Page* pg);
 void heap_collect(Heap* h, bool force);
 // Purge and sweep abandoned pages if the purge delay has passed.
 void maintenance_maybe();
+
+// Heaps made by the application (am_heap_*). See amalloc.h for the rules.
+Heap* heap_new();
+// Makes `h` (nullptr: the thread's default heap) the calling thread's
+// current heap and returns the previous one (nullptr for the default).
+// *ok is false, and nothing changes, when another thread has `h` bound.
+Heap* heap_bind(Heap* h, bool* ok);
+void heap_destroy(Heap* h);
+void heap_delete(Heap* h);
+// Large blocks belong to a heap too, so that heap_destroy frees them.
+void heap_large_link_locked(Heap* h, Segment* s);
+void heap_large_unlink_locked(Segment* s);
+// The executor idle point: collect remote frees, purge what is due.
+void heap_idle(Heap* h);
 
 // Thread exit (pthread key destructor) and fork.
 void heap_thread_exit(void* heap);

@@ -19,12 +19,8 @@ namespace {
 
 std::atomic<uint8_t> g_inited;
 
-void fork_prepare() {
-  pthread_mutex_lock(&g_lock);
-}
-void fork_parent() {
-  pthread_mutex_unlock(&g_lock);
-}
+void fork_prepare() { pthread_mutex_lock(&g_lock); }
+void fork_parent() { pthread_mutex_unlock(&g_lock); }
 void fork_child() {
   pthread_mutex_init(&g_lock, nullptr);
   heap_fork_child();

@@ -15,16 +15,14 @@ namespace am {
 
 namespace {
 
-size_t round_page(size_t n) {
-  return (n + kOsPage - 1) & ~(kOsPage - 1);
-}
+size_t round_page(size_t n) { return (n + kOsPage - 1) & ~(kOsPage - 1); }
 
 // Only offset 0 passes the block check of a large page.
 constexpr uint64_t kLargeDivc = divisibility_magic(uint64_t{1} << 32);
 
 }  // namespace
 
-void* large_alloc(size_t size, size_t align, bool zero) {
+void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
   maintenance_maybe();
   size_t bsize = round_page(size);
   size_t off;
@@ -32,6 +30,7 @@ void* large_alloc(size_t size, size_t align, bool zero) {
   {
     LockGuard g;
     s = segment_large_alloc_locked(bsize, align, &off);
+    if (s && h != &g_empty_heap) heap_large_link_locked(h, s);
   }
   if (!s) {
     errno = ENOMEM;
@@ -44,7 +43,7 @@ void* large_alloc(size_t size, size_t align, bool zero) {
   pg->capacity = pg->reserved = pg->used = 1;
   pg->kind = kKindLarge;
   pg->in_use = 1;
-  pg->owner_thread.store(0, std::memory_order_relaxed);
+  pg->owner_fast.store(nullptr, std::memory_order_relaxed);
   pg->heap.store(nullptr, std::memory_order_relaxed);
   s->used_pages = 1;
   stats_add(g_os_stats.large_allocs, 1);
@@ -58,6 +57,7 @@ void large_free(Page* pg) {
   Segment* s = segment_of_page(pg);
   pg->in_use = 0;
   LockGuard g;
+  heap_large_unlink_locked(s);
   segment_large_free_locked(s, os_now_ms());
 }
 

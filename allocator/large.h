@@ -7,7 +7,8 @@
 
 namespace am {
 
-void* large_alloc(size_t size, size_t align, bool zero);
+// A block of `size` bytes for heap `h` (which frees it on heap_destroy).
+void* large_alloc(Heap* h, size_t size, size_t align, bool zero);
 void large_free(Page* pg);
 // Resize in place or by moving the mapping; nullptr if the caller must
 // allocate, copy and free (the old block is untouched then).

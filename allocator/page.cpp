@@ -22,7 +22,7 @@ void page_init(Page* pg, unsigned cls, Heap* h) {
   pg->xthread_free.store(nullptr, std::memory_order_relaxed);
   pg->in_full.store(0, std::memory_order_relaxed);
   pg->heap.store(h, std::memory_order_relaxed);
-  pg->owner_thread.store(h->thread, std::memory_order_relaxed);
+  pg->owner_fast.store(h, std::memory_order_relaxed);
 }
 
 bool page_extend(Page* pg) {

@@ -14,22 +14,10 @@ bool page_extend(Page* pg);
 uint32_t page_collect(Page* pg);
 
 // ceil(2^64 / d): see Page::divc.
-constexpr uint64_t divisibility_magic(uint64_t d) {
-  return ~uint64_t{0} / d + 1;
-}
-
-// The calling thread's thread pointer: unique among live threads, one
-// instruction to read, and the same in a fork child.
-AM_INLINE uintptr_t thread_pointer() {
-  uintptr_t tp;
-  asm("mov %%fs:0, %0" : "=r"(tp));
-  return tp;
-}
+constexpr uint64_t divisibility_magic(uint64_t d) { return ~uint64_t{0} / d + 1; }
 
 // No live block (the head's bias aside).
-inline bool page_is_empty(const Page* pg) {
-  return pg->used == pg->is_head;
-}
+inline bool page_is_empty(const Page* pg) { return pg->used == pg->is_head; }
 
 AM_INLINE bool is_block_start(const Page* pg, uintptr_t a) {
   uint64_t off = a - reinterpret_cast<uintptr_t>(pg->start);

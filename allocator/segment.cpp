@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "allocator/heap.h"
 #include "allocator/options.h"
 #include "allocator/os.h"
 #include "allocator/stats.h"
@@ -223,7 +224,7 @@ void segment_page_free_locked(Page* pg, uint64_t now) {
   pg->used = 0;
   pg->capacity = 0;
   pg->block_size = 0;
-  pg->owner_thread.store(0, std::memory_order_relaxed);
+  pg->owner_fast.store(nullptr, std::memory_order_relaxed);
   pg->heap.store(nullptr, std::memory_order_relaxed);
   uint8_t kind = s->kind == kSegSmall ? kKindSmall : kKindMedium;
   if (--s->used_pages == 0) {
@@ -270,11 +271,11 @@ Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
   return s;
 }
 
-void segment_large_free_locked(Segment* s, uint64_t now) {
-  segment_give_back(s, now);
-}
+void segment_large_free_locked(Segment* s, uint64_t now) { segment_give_back(s, now); }
 
 Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
+  Heap* owner = s->large_owner;
+  heap_large_unlink_locked(s);
   segmap_set(s, false);
   all_remove(s);
   auto* r = static_cast<Segment*>(os_remap_aligned(s, s->mapped_size, new_mapped, kSegmentSize));
@@ -285,6 +286,7 @@ Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
   }
   all_push(live);
   segmap_set(live, true);
+  if (owner) heap_large_link_locked(owner, live);
   return r;
 }
 

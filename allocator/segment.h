@@ -26,13 +26,9 @@ AM_INLINE uint8_t segmap_code(uintptr_t a) {
 // Whether `a` lies in a segment's first 4 MiB, where slot_page() may be
 // read. NULL, foreign, garbage and huge-tail pointers answer false, and the
 // check never faults.
-AM_INLINE bool segmap_fast(uintptr_t a) {
-  return segmap_code(a) > kMapTail;
-}
+AM_INLINE bool segmap_fast(uintptr_t a) { return segmap_code(a) > kMapTail; }
 
-AM_INLINE Segment* segment_of(uintptr_t a) {
-  return reinterpret_cast<Segment*>(a & ~kSegmentMask);
-}
+AM_INLINE Segment* segment_of(uintptr_t a) { return reinterpret_cast<Segment*>(a & ~kSegmentMask); }
 
 // The Page entry of the slot holding `a`: segment + slot * sizeof(Page).
 AM_INLINE Page* slot_page(uintptr_t a) {
@@ -55,15 +51,11 @@ inline Page* page_resolve(Page* slot) {
 // The page of any pointer we own (resolved), or nullptr. For slow paths.
 Page* page_lookup(uintptr_t a);
 
-inline size_t page_slots(const Segment* s) {
-  return s->kind == kSegMedium ? kMediumSpan : 1;
-}
+inline size_t page_slots(const Segment* s) { return s->kind == kSegMedium ? kMediumSpan : 1; }
 inline uint8_t* page_area(Segment* s, const Page* pg) {
   return reinterpret_cast<uint8_t*>(s) + (static_cast<size_t>(pg - s->pages) << kSlotShift);
 }
-inline size_t page_area_size(const Segment* s) {
-  return page_slots(s) << kSlotShift;
-}
+inline size_t page_area_size(const Segment* s) { return page_slots(s) << kSlotShift; }
 
 // All of the following run under g_lock.
 

@@ -12,9 +12,7 @@ namespace am {
 
 constexpr unsigned kNumClasses = 8 + 9 * 8;  // 80
 
-constexpr unsigned floor_log2(size_t x) {
-  return 63u - static_cast<unsigned>(__builtin_clzll(x));
-}
+constexpr unsigned floor_log2(size_t x) { return 63u - static_cast<unsigned>(__builtin_clzll(x)); }
 
 // Class index of a request of `size` bytes (1 <= size <= kMediumMax; 0 is
 // treated as 1).
@@ -34,9 +32,7 @@ constexpr std::array<uint32_t, kNumClasses> make_class_sizes() {
 }
 inline constexpr std::array<uint32_t, kNumClasses> kClassSize = make_class_sizes();
 
-constexpr bool class_is_small(unsigned c) {
-  return kClassSize[c] <= kSmallMax;
-}
+constexpr bool class_is_small(unsigned c) { return kClassSize[c] <= kSmallMax; }
 
 // The direct table maps (size + 15) / 16 to a class for sizes <= kDirectMax.
 constexpr std::array<uint8_t, kDirectSlots> make_direct_classes() {

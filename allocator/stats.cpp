@@ -123,9 +123,5 @@ void stats_report_json(int fd) {
 
 }  // namespace am
 
-extern "C" void am_stats_print(void) {
-  stats_report(2);
-}
-extern "C" void am_stats_print_json(void) {
-  stats_report_json(2);
-}
+extern "C" void am_stats_print(void) { stats_report(2); }
+extern "C" void am_stats_print_json(void) { stats_report_json(2); }

@@ -11,6 +11,7 @@
 namespace am {
 
 struct Heap;
+struct Segment;
 
 struct Block {
   Block* next;
@@ -24,10 +25,11 @@ enum PageKind : uint8_t { kKindNone = 0, kKindSmall = 1, kKindMedium = 2, kKindL
 struct Page {
   // -- read on the owner's fast paths (first cache line) --
   Block* free;
-  // The owning thread (its thread pointer, %fs:0) while it may free
-  // straight onto `free`; 0 while the page is full, abandoned, large or
-  // unused, which sends every free of it to the slow path with one compare.
-  std::atomic<uintptr_t> owner_thread;
+  // The owning heap while a thread whose current heap it is may free
+  // straight onto `free`; nullptr while the page is full, abandoned, large
+  // or unused, which sends every free of it to the slow path with one
+  // compare. (Binding a heap to another thread changes no page.)
+  std::atomic<Heap*> owner_fast;
   uint8_t* start;  // first block
   // ceil(2^64 / block_size): `(p - start) * divc < divc` iff p is a block
   // start (Lemire's divisibility test), the interior-pointer check on free.
@@ -79,6 +81,10 @@ struct Segment {
   Segment* all_prev;
   uint64_t cached_at;
   size_t dirty_end;  // bytes from the start that may be resident
+  // A large segment's heap and its links in that heap's list (g_lock).
+  Heap* large_owner;
+  Segment* heap_next;
+  Segment* heap_prev;
 };
 
 static_assert(sizeof(Segment) <= kLargeOffset);
@@ -88,17 +94,25 @@ struct PageQueue {
   Page* last;
 };
 
-// A heap is owned by one thread at a time (a thread's default heap). Its
-// direct table points at the current page of each small class, so the
-// fast path is size -> slot -> page -> pop.
+// A heap is used by one thread at a time: a thread's default heap, or a
+// heap made with am_heap_new and bound to a thread. Its direct table points
+// at the current page of each small class, so the fast path is
+// size -> slot -> page -> pop.
 struct Heap {
   std::array<Page*, kDirectSlots> direct;
   PageQueue queues[kNumClasses] = {};
   Page* full = nullptr;  // pages with no free block, doubly linked
   // Set by another thread that freed into one of our full pages.
   std::atomic<uint8_t> full_remote_hint{0};
-  uint8_t live = 0;      // owned by a thread (not in the heap pool)
-  uintptr_t thread = 0;  // the owner's thread pointer
+  uint8_t live = 0;        // in use (not in the heap pool)
+  uint8_t is_default = 0;  // a thread's default heap (else made by am_heap_new)
+  // Set by other threads after they free into one of our pages, so that
+  // the idle point knows there is something to collect.
+  std::atomic<uint8_t> remote_hint{0};
+  // pthread_self() of the thread that has this (non-default) heap bound.
+  std::atomic<uintptr_t> bound_thread{0};
+  Segment* large = nullptr;  // large blocks of this heap (under g_lock)
+  uint32_t idle_calls = 0;
   uint32_t slow_calls = 0;
   Heap* next = nullptr;  // all heaps ever made / the pool of unused heaps
   Heap* pool_next = nullptr;

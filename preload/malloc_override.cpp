@@ -15,39 +15,25 @@ using namespace am;
 
 #define AM_EXPORT extern "C" __attribute__((visibility("default")))
 
-AM_EXPORT void* malloc(size_t size) noexcept {
-  return malloc_fast(size);
-}
-AM_EXPORT void free(void* p) noexcept {
-  free_fast(p);
-}
-AM_EXPORT void* calloc(size_t n, size_t size) noexcept {
-  return alloc_calloc(n, size);
-}
-AM_EXPORT void* realloc(void* p, size_t size) noexcept {
-  return alloc_realloc(p, size);
-}
+AM_EXPORT void* malloc(size_t size) noexcept { return malloc_fast(size); }
+AM_EXPORT void free(void* p) noexcept { free_fast(p); }
+AM_EXPORT void* calloc(size_t n, size_t size) noexcept { return alloc_calloc(nullptr, n, size); }
+AM_EXPORT void* realloc(void* p, size_t size) noexcept { return alloc_realloc(nullptr, p, size); }
 AM_EXPORT void* reallocarray(void* p, size_t n, size_t size) noexcept {
   return alloc_reallocarray(p, n, size);
 }
 AM_EXPORT void* memalign(size_t align, size_t size) noexcept {
-  return alloc_aligned(align == 0 ? 1 : align, size);
+  return alloc_aligned(nullptr, align == 0 ? 1 : align, size);
 }
 AM_EXPORT void* aligned_alloc(size_t align, size_t size) noexcept {
-  return alloc_aligned(align == 0 ? 1 : align, size);
+  return alloc_aligned(nullptr, align == 0 ? 1 : align, size);
 }
 AM_EXPORT int posix_memalign(void** out, size_t align, size_t size) noexcept {
   return alloc_posix_memalign(out, align, size);
 }
-AM_EXPORT void* valloc(size_t size) noexcept {
-  return alloc_aligned(kOsPage, size);
-}
-AM_EXPORT void* pvalloc(size_t size) noexcept {
-  return alloc_pvalloc(size);
-}
-AM_EXPORT size_t malloc_usable_size(void* p) noexcept {
-  return alloc_usable_size(p);
-}
+AM_EXPORT void* valloc(size_t size) noexcept { return alloc_aligned(nullptr, kOsPage, size); }
+AM_EXPORT void* pvalloc(size_t size) noexcept { return alloc_pvalloc(size); }
+AM_EXPORT size_t malloc_usable_size(void* p) noexcept { return alloc_usable_size(p); }
 
 // glibc's internal names (used by some glibc programs and libraries): the
 // same functions under a second name.
@@ -56,7 +42,8 @@ AM_EXPORT size_t malloc_usable_size(void* p) noexcept {
   extern "C" __attribute__((visibility("default"), alias(#target))) decltype(target) name
 #else
 #define AM_ALIAS(name, target) \
-  extern "C" __attribute__((visibility("default"), alias(#target), copy(target))) decltype(target) name
+  extern "C"                   \
+      __attribute__((visibility("default"), alias(#target), copy(target))) decltype(target) name
 #endif
 AM_ALIAS(__libc_malloc, malloc);
 AM_ALIAS(__libc_free, free);
@@ -74,6 +61,4 @@ AM_EXPORT int malloc_trim(size_t) noexcept {
   heap_collect(t_heap, true);
   return 1;
 }
-AM_EXPORT int mallopt(int, int) noexcept {
-  return 1;
-}
+AM_EXPORT int mallopt(int, int) noexcept { return 1; }

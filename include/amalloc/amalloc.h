@@ -59,6 +59,46 @@ AM_API void* am_pvalloc(size_t size) AM_MALLOC_ATTR;
 /* malloc_usable_size(3): bytes usable at p (>= the request); 0 for NULL. */
 AM_API size_t am_usable_size(const void* p);
 
+/* ---- heaps (executors, arenas) ------------------------------------------ */
+
+/* A heap: a set of pages that one thread at a time allocates from without
+ * locks. Every thread has a default heap; an executor (an event-loop
+ * thread, a pool worker) can make its own and bind it, and a request or a
+ * connection can use one as an arena that is freed in one call.
+ * Blocks of any heap are freed with am_free()/free() by any thread. */
+typedef struct am_heap_s am_heap_t;
+
+/* A new, empty heap, bound to no thread. NULL + ENOMEM on failure. */
+AM_API am_heap_t* am_heap_new(void);
+/* Makes `heap` the calling thread's current heap: malloc, operator new and
+ * am_malloc of this thread allocate from it until another is bound. NULL
+ * binds the thread's default heap back. Returns the previously bound heap
+ * (NULL for the default heap). A heap is bound on one thread at a time:
+ * binding a heap another thread has bound is reported, changes nothing and
+ * returns `heap` itself with errno = EBUSY. */
+AM_API am_heap_t* am_heap_bind(am_heap_t* heap);
+/* Allocation from a given heap by the thread that uses it (bound or not):
+ * the same contracts as malloc, calloc, realloc and memalign. */
+AM_API void* am_heap_malloc(am_heap_t* heap, size_t size) AM_MALLOC_ATTR;
+AM_API void* am_heap_calloc(am_heap_t* heap, size_t count, size_t size) AM_MALLOC_ATTR;
+AM_API void* am_heap_realloc(am_heap_t* heap, void* p, size_t size);
+AM_API void* am_heap_memalign(am_heap_t* heap, size_t alignment, size_t size) AM_MALLOC_ATTR;
+/* Frees every block of the heap at once (an arena reset); the heap stays
+ * usable. No thread may use the heap's blocks any more. */
+AM_API void am_heap_destroy(am_heap_t* heap);
+/* The heap goes away; its live blocks stay valid (other heaps take their
+ * pages over) and are freed with free() as usual. Unbinds it if the
+ * calling thread has it bound. */
+AM_API void am_heap_delete(am_heap_t* heap);
+
+/* The executor idle point: an event loop calls it when it is about to
+ * block (before epoll_wait, at the end of a run-queue pass). It collects
+ * the frees other threads made into this thread's current heap (so that
+ * memory becomes reusable even if this thread allocates no more), and
+ * every 64th call purges memory that has been free longer than the purge
+ * delay. A few loads when there is nothing to do. */
+AM_API void am_executor_idle(void);
+
 /* ---- introspection ---------------------------------------------------- */
 
 /* "0.1.0". */

@@ -1,0 +1,183 @@
+// Heaps made by the application: binding, allocation from a heap, arenas
+// (destroy), deletion with live blocks, blocks freed by other threads, the
+// idle point, and the C++ wrappers.
+#include <amalloc/amalloc.h>
+#include <gtest/gtest.h>
+
+#include <amalloc/amalloc.hpp>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <memory_resource>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+TEST(Heap, BindMakesMallocComeFromTheHeap) {
+  am_heap_t* h = am_heap_new();
+  ASSERT_NE(h, nullptr);
+  EXPECT_EQ(am_heap_bind(h), nullptr);  // the default heap was current
+  void* p = am_malloc(100);
+  void* big = am_malloc(300000);
+  EXPECT_EQ(am_heap_bind(nullptr), h);
+  // destroy frees both: their pages go back, so the pointers are invalid now.
+  am_heap_destroy(h);
+  EXPECT_EQ(am_owns(big), 0) << "a large block of a destroyed heap must be released";
+  (void)p;
+  am_heap_delete(h);
+}
+
+TEST(Heap, DestroyFreesEveryBlockAndTheHeapStaysUsable) {
+  am_heap_t* h = am_heap_new();
+  am_stats_t s0, s1, s2;
+  am_stats_get(&s0);
+  for (int round = 0; round < 3; round++) {
+    for (int i = 0; i < 20000; i++) {
+      void* p = am_heap_malloc(h, 16 + (i % 300));
+      ASSERT_NE(p, nullptr);
+      memset(p, 0xab, 16);
+    }
+    void* large = am_heap_malloc(h, 1 << 20);
+    ASSERT_NE(large, nullptr);
+    memset(large, 1, 1 << 20);
+    am_stats_get(&s1);
+    EXPECT_GT(s1.in_use_bytes, s0.in_use_bytes + (2u << 20));
+    am_heap_destroy(h);
+    am_stats_get(&s2);
+    EXPECT_LE(s2.in_use_bytes, s0.in_use_bytes + 4096) << "round " << round;
+  }
+  am_heap_delete(h);
+}
+
+TEST(Heap, DeleteKeepsLiveBlocksValid) {
+  am_heap_t* h = am_heap_new();
+  std::vector<char*> blocks;
+  for (int i = 0; i < 5000; i++) {
+    char* p = static_cast<char*>(am_heap_malloc(h, 48));
+    snprintf(p, 48, "block %d", i);
+    blocks.push_back(p);
+  }
+  char* large = static_cast<char*>(am_heap_malloc(h, 200000));
+  strcpy(large, "large");
+  am_heap_delete(h);
+  for (int i = 0; i < 5000; i++) {
+    char want[48];
+    snprintf(want, sizeof want, "block %d", i);
+    ASSERT_STREQ(blocks[i], want);
+    ASSERT_EQ(am_owns(blocks[i]), 1);
+  }
+  EXPECT_STREQ(large, "large");
+  // Freed by whoever: the pages were taken over.
+  std::thread([&] {
+    for (size_t i = 0; i < blocks.size(); i += 2) am_free(blocks[i]);
+  }).join();
+  for (size_t i = 1; i < blocks.size(); i += 2) am_free(blocks[i]);
+  am_free(large);
+  am_stats_t s;
+  am_stats_get(&s);
+  EXPECT_EQ(s.bad_frees, 0u);
+}
+
+TEST(Heap, CallocReallocMemalignFromAHeap) {
+  amalloc::heap h;
+  auto* z = static_cast<unsigned char*>(h.calloc(100, 10));
+  for (int i = 0; i < 1000; i++) ASSERT_EQ(z[i], 0);
+  char* r = static_cast<char*>(h.malloc(10));
+  strcpy(r, "123456789");
+  r = static_cast<char*>(h.realloc(r, 100000));
+  EXPECT_STREQ(r, "123456789");
+  void* a = h.memalign(4096, 100);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(a) % 4096, 0u);
+  am_free(z);
+  am_free(r);
+  am_free(a);
+}
+
+TEST(Heap, ABoundHeapCannotBeBoundByASecondThread) {
+  am_heap_t* h = am_heap_new();
+  am_heap_bind(h);
+  std::thread([&] {
+    errno = 0;
+    EXPECT_EQ(am_heap_bind(h), h);
+    EXPECT_EQ(errno, EBUSY);
+  }).join();
+  am_heap_bind(nullptr);
+  std::thread([&] {
+    EXPECT_EQ(am_heap_bind(h), nullptr);
+    void* p = am_malloc(64);
+    EXPECT_EQ(am_heap_bind(nullptr), h);
+    am_free(p);
+  }).join();
+  am_heap_delete(h);
+}
+
+TEST(Heap, AThreadThatExitsReleasesItsBoundHeap) {
+  am_heap_t* h = am_heap_new();
+  std::vector<void*> kept;
+  std::thread([&] {
+    am_heap_bind(h);
+    for (int i = 0; i < 100; i++) kept.push_back(am_malloc(200));
+  }).join();
+  // The exited thread no longer holds it: this thread may bind it.
+  EXPECT_EQ(am_heap_bind(h), nullptr);
+  for (void* p : kept) am_free(p);
+  am_heap_bind(nullptr);
+  am_heap_delete(h);
+}
+
+TEST(Heap, IdlePointMakesRemoteFreesReusable) {
+  // A consumer frees everything a producer allocated; the producer stops
+  // allocating and only calls the idle point: the memory must come back.
+  am_heap_t* h = am_heap_new();
+  am_heap_bind(h);
+  std::vector<void*> blocks;
+  for (int i = 0; i < 100000; i++) blocks.push_back(am_malloc(64));
+  am_stats_t before;
+  am_stats_get(&before);
+  std::thread([&] {
+    for (void* p : blocks) am_free(p);
+  }).join();
+  am_executor_idle();
+  am_stats_t after;
+  am_stats_get(&after);
+  EXPECT_LT(after.in_use_bytes + 6000000, before.in_use_bytes)
+      << "in use before " << before.in_use_bytes << " after idle " << after.in_use_bytes;
+  am_heap_bind(nullptr);
+  am_heap_delete(h);
+}
+
+TEST(Heap, PmrResourceAndStlAllocator) {
+  amalloc::heap h;
+  {
+    amalloc::heap_resource res(h);
+    std::pmr::vector<std::pmr::string> v(&res);
+    for (int i = 0; i < 1000; i++) v.emplace_back(std::string(40, 'a' + i % 26));
+    EXPECT_EQ(v.size(), 1000u);
+    EXPECT_EQ(am_owns(v.data()), 1);
+    EXPECT_EQ(am_owns(v[999].data()), 1);
+  }
+  {
+    std::vector<int, amalloc::allocator<int>> v{amalloc::allocator<int>(h)};
+    for (int i = 0; i < 10000; i++) v.push_back(i);
+    EXPECT_EQ(am_owns(v.data()), 1);
+    EXPECT_EQ(v[9999], 9999);
+  }
+  h.destroy();
+}
+
+TEST(Heap, ScopeBindsAndRestores) {
+  amalloc::heap outer, inner;
+  {
+    amalloc::heap_scope a(outer);
+    {
+      amalloc::heap_scope b(inner);
+      EXPECT_EQ(am_heap_bind(inner.get()), inner.get());  // rebinding the current heap
+    }
+    EXPECT_EQ(am_heap_bind(outer.get()), outer.get());
+  }
+  EXPECT_EQ(am_heap_bind(nullptr), nullptr);
+}
+
+}  // namespace
