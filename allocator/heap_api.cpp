@@ -87,9 +87,4 @@ void am_heap_delete(am_heap_t* heap) {
   if (usable("am_heap_delete", to_heap(heap))) heap_delete(to_heap(heap));
 }
 
-void am_executor_idle(void) {
-  Heap* h = t_heap;
-  if (h != &g_empty_heap) heap_idle(h);
-}
-
 }  // extern "C"

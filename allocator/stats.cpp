@@ -13,6 +13,7 @@ namespace am {
 
 OsStats g_os_stats;
 int g_report_fd = 2;
+StatsHook g_stats_hook;
 
 }  // namespace am
 
@@ -89,6 +90,7 @@ void stats_report(int fd) {
       .num(s.bad_frees)
       .str(" invalid\n");
   o.flush(fd);
+  if (g_stats_hook) g_stats_hook(fd, false);
 }
 
 }  // namespace am
@@ -118,6 +120,8 @@ void stats_report_json(int fd) {
   field("heaps_abandoned", s.heaps_abandoned);
   field("pages_adopted", s.pages_adopted);
   field("bad_frees", s.bad_frees);
+  o.flush(fd);
+  if (g_stats_hook) g_stats_hook(fd, true);  // adds its fields
   o.str("}\n").flush(fd);
 }
 

@@ -99,6 +99,25 @@ AM_API void am_heap_delete(am_heap_t* heap);
  * delay. A few loads when there is nothing to do. */
 AM_API void am_executor_idle(void);
 
+/* ---- coroutine-frame pools ---------------------------------------------- */
+
+/* Exact-size LIFO pools of the calling thread for coroutine frames (or any
+ * short-lived object whose size is known at free time). A frame freed by
+ * another thread goes back to the thread that allocated it, in batches.
+ * Works whether or not amalloc replaces malloc. The pools are bounded,
+ * grow when they miss and give unused frames back at the idle point.
+ * Every frame must be freed with am_frame_free and the same size. */
+AM_API void* am_frame_alloc(size_t size) AM_MALLOC_ATTR;
+AM_API void am_frame_free(void* frame, size_t size);
+/* Counters of the pools of one frame size (summed over all threads). */
+typedef struct am_frame_stats_s {
+  uint64_t hits;         /* allocations served from a pool */
+  uint64_t misses;       /* allocations that went to amalloc */
+  uint64_t remote_frees; /* frees by a thread other than the allocating one */
+  uint64_t pooled;       /* frames sitting in pools now */
+} am_frame_stats_t;
+AM_API void am_frame_stats(size_t size, am_frame_stats_t* out);
+
 /* ---- introspection ---------------------------------------------------- */
 
 /* "0.1.0". */

@@ -1,9 +1,12 @@
-// amalloc: the C++ API over amalloc.h (heaps, the executor idle point).
+// amalloc: the C++ API over amalloc.h (heaps, the executor idle point,
+// coroutine-frame pools).
 #ifndef AMALLOC_AMALLOC_HPP
 #define AMALLOC_AMALLOC_HPP
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <memory_resource>
 #include <new>
 #include <stdexcept>
@@ -122,6 +125,82 @@ class allocator {
 
 // The executor idle point (see am_executor_idle).
 inline void executor_idle() noexcept { am_executor_idle(); }
+
+namespace detail {
+
+constexpr std::size_t frame_round(std::size_t n) {
+  return n < 16 ? 16 : (n + 15) & ~std::size_t{15};
+}
+
+// Follows every frame at frame_round(size): how to release it. This
+// mirrors the trailer of am_frame_alloc frames (owner 0, release set).
+struct frame_trailer {
+  void* owner;
+  void (*release)(void*, std::size_t);
+};
+
+inline void* frame_for(std::size_t n, const heap& h) {
+  std::size_t r = frame_round(n);
+  void* p = am_heap_malloc(h.get(), r + sizeof(frame_trailer));
+  if (!p) throw std::bad_alloc();
+  ::new (static_cast<char*>(p) + r)
+      frame_trailer{nullptr, [](void* q, std::size_t) { am_free(q); }};
+  return p;
+}
+
+template <class Alloc>
+struct allocator_frame {
+  using byte_alloc = typename std::allocator_traits<Alloc>::template rebind_alloc<std::byte>;
+  static constexpr std::size_t extra = frame_round(sizeof(frame_trailer) + sizeof(byte_alloc));
+
+  static void* make(std::size_t n, const Alloc& a) {
+    std::size_t r = frame_round(n);
+    byte_alloc ba(a);
+    std::byte* p = std::allocator_traits<byte_alloc>::allocate(ba, r + extra);
+    ::new (p + r) frame_trailer{nullptr, &release};
+    ::new (p + r + sizeof(frame_trailer)) byte_alloc(std::move(ba));
+    return p;
+  }
+  static void release(void* frame, std::size_t n) {
+    std::size_t r = frame_round(n);
+    auto* p = static_cast<std::byte*>(frame);
+    auto* stored = reinterpret_cast<byte_alloc*>(p + r + sizeof(frame_trailer));
+    byte_alloc ba(std::move(*stored));
+    stored->~byte_alloc();
+    std::allocator_traits<byte_alloc>::deallocate(ba, p, r + extra);
+  }
+};
+
+template <class Alloc>
+void* frame_for(std::size_t n, const Alloc& a) {
+  return allocator_frame<Alloc>::make(n, a);
+}
+
+}  // namespace detail
+
+// Base for a coroutine promise type: its frames come from the exact-size
+// pools of the thread that creates them (am_frame_alloc) and go back with
+// sized delete, to the creating thread's pool even when another thread
+// destroys them. A coroutine whose parameters start with
+// (std::allocator_arg_t, A) takes its frame from A instead: an
+// amalloc::heap, or any standard allocator.
+struct pooled_frame {
+  static void* operator new(std::size_t n) {
+    if (void* p = am_frame_alloc(n)) return p;
+    throw std::bad_alloc();
+  }
+  template <class Alloc, class... Args>
+  static void* operator new(std::size_t n, std::allocator_arg_t, const Alloc& a, const Args&...) {
+    return detail::frame_for(n, a);
+  }
+  // Member coroutines: the object comes first.
+  template <class This, class Alloc, class... Args>
+  static void* operator new(std::size_t n, const This&, std::allocator_arg_t, const Alloc& a,
+                            const Args&...) {
+    return detail::frame_for(n, a);
+  }
+  static void operator delete(void* p, std::size_t n) noexcept { am_frame_free(p, n); }
+};
 
 }  // namespace amalloc
 
