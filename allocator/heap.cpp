@@ -390,20 +390,27 @@ void heap_large_unlink_locked(Segment* s) {
   s->large_owner = nullptr;
 }
 
-void heap_idle(Heap* h) {
-  if (h->remote_hint.load(std::memory_order_relaxed) ||
-      h->full_remote_hint.load(std::memory_order_relaxed)) {
-    h->remote_hint.store(0, std::memory_order_relaxed);
-    unfull_remote(h);
-    for (unsigned c = 0; c < kNumClasses; c++) {
-      Page* pg = h->queues[c].first;
-      while (pg) {
-        Page* next = pg->next;
-        if (page_collect(pg) && page_is_empty(pg) && !pg->is_head) heap_page_empty(h, pg);
-        pg = next;
-      }
+// Collect what other threads freed into any of our pages, and give back
+// the pages that became empty, so that memory freed elsewhere is reused or
+// purged even when it is not of the class being allocated.
+static void collect_remote(Heap* h) {
+  if (!h->remote_hint.load(std::memory_order_relaxed) &&
+      !h->full_remote_hint.load(std::memory_order_relaxed))
+    return;
+  h->remote_hint.store(0, std::memory_order_relaxed);
+  unfull_remote(h);
+  for (unsigned c = 0; c < kNumClasses; c++) {
+    Page* pg = h->queues[c].first;
+    while (pg) {
+      Page* next = pg->next;
+      if (page_collect(pg) && page_is_empty(pg) && !pg->is_head) heap_page_empty(h, pg);
+      pg = next;
     }
   }
+}
+
+void heap_idle(Heap* h) {
+  collect_remote(h);
   // Looking at the clock costs more than the rest: every 64th call.
   if ((++h->idle_calls & 63) == 0) maintenance_maybe();
 }
@@ -416,8 +423,19 @@ void* heap_alloc_class(Heap* h, unsigned cls) {
       if (page_extend(pg)) return pop(pg);
       page_to_full(h, pg);
     }
-    if (h->full_remote_hint.load(std::memory_order_relaxed)) {
-      unfull_remote(h);
+    // Before taking a new page: collect what other threads freed into all
+    // our pages, giving back pages that became empty (at most once a
+    // millisecond: it looks at every page); else just take back full pages
+    // that received frees.
+    if (h->full_remote_hint.load(std::memory_order_relaxed) ||
+        h->remote_hint.load(std::memory_order_relaxed)) {
+      uint64_t now = os_now_ms();
+      if (now != h->last_collect_ms) {
+        h->last_collect_ms = now;
+        collect_remote(h);
+      } else if (h->full_remote_hint.load(std::memory_order_relaxed)) {
+        unfull_remote(h);
+      }
       if (h->queues[cls].first) continue;
     }
     maintenance_maybe();

@@ -113,6 +113,7 @@ struct Heap {
   std::atomic<uintptr_t> bound_thread{0};
   Segment* large = nullptr;  // large blocks of this heap (under g_lock)
   uint32_t idle_calls = 0;
+  uint64_t last_collect_ms = 0;
   uint32_t slow_calls = 0;
   Heap* next = nullptr;  // all heaps ever made / the pool of unused heaps
   Heap* pool_next = nullptr;
