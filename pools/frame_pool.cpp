@@ -222,25 +222,18 @@ void stats_hook(int fd, bool json) {
 
 }  // namespace
 
-void* frame_alloc(size_t size) {
+// Kept out of line so that the fast paths below need no saved registers.
+__attribute__((noinline)) void* frame_alloc_slow(size_t size) {
   size_t s = round16(size);
   FrameCache* c = s <= kMaxPooled ? cache() : nullptr;
   if (c) {
     Pool& pl = c->pools[s / 16 - 1];
+    if (c->incoming.load(std::memory_order_relaxed)) drain(c);
     if (Node* n = pl.head) {
       pl.head = n->next;
       pl.count--;
       pl.hits++;
       return n;
-    }
-    if (c->incoming.load(std::memory_order_relaxed)) {
-      drain(c);
-      if (Node* n = pl.head) {
-        pl.head = n->next;
-        pl.count--;
-        pl.hits++;
-        return n;
-      }
     }
     pl.misses++;
     pl.misses_since_adapt++;
@@ -250,8 +243,22 @@ void* frame_alloc(size_t size) {
   return p;
 }
 
-void frame_free(void* p, size_t size) {
-  if (!p) return;
+void* frame_alloc(size_t size) {
+  size_t s = round16(size);
+  FrameCache* c = t_frames;
+  if (__builtin_expect(c != nullptr && s <= kMaxPooled, 1)) {
+    Pool& pl = c->pools[s / 16 - 1];
+    if (Node* n = pl.head) {
+      pl.head = n->next;
+      pl.count--;
+      pl.hits++;
+      return n;
+    }
+  }
+  return frame_alloc_slow(size);
+}
+
+__attribute__((noinline)) void frame_free_slow(void* p, size_t size) {
   size_t s = round16(size);
   Trailer* t = trailer(p, s);
   if (t->release) return reinterpret_cast<void (*)(void*, size_t)>(t->release)(p, size);
@@ -271,6 +278,25 @@ void frame_free(void* p, size_t size) {
   c->pools[cls].remote_frees++;
   n->cls = cls;
   send_home(c, owner, n);
+}
+
+void frame_free(void* p, size_t size) {
+  if (!p) return;
+  size_t s = round16(size);
+  Trailer* t = trailer(p, s);
+  FrameCache* c = t_frames;
+  // Home, pooled, with room: push.
+  if (__builtin_expect(t->owner == c && c != nullptr && t->release == 0, 1)) {
+    Pool& pl = c->pools[s / 16 - 1];
+    if (pl.count < pl.cap) {
+      Node* n = static_cast<Node*>(p);
+      n->next = pl.head;
+      pl.head = n;
+      pl.count++;
+      return;
+    }
+  }
+  frame_free_slow(p, size);
 }
 
 void frame_idle() {
