@@ -409,10 +409,9 @@ static void collect_remote(Heap* h) {
   }
 }
 
-void heap_idle(Heap* h) {
-  collect_remote(h);
-  // Looking at the clock costs more than the rest: every 64th call.
-  if ((++h->idle_calls & 63) == 0) maintenance_maybe();
+void heap_idle_work(Heap* h, bool collect, bool tick) {
+  if (collect) collect_remote(h);
+  if (tick) maintenance_maybe();
 }
 
 void* heap_alloc_class(Heap* h, unsigned cls) {

@@ -42,8 +42,15 @@ void heap_delete(Heap* h);
 // Large blocks belong to a heap too, so that heap_destroy frees them.
 void heap_large_link_locked(Heap* h, Segment* s);
 void heap_large_unlink_locked(Segment* s);
-// The executor idle point: collect remote frees, purge what is due.
-void heap_idle(Heap* h);
+// The executor idle point: collect remote frees, purge what is due. The
+// checks are inline: with nothing to do it is a few loads.
+void heap_idle_work(Heap* h, bool collect, bool tick);
+inline void heap_idle(Heap* h) {
+  bool collect = h->remote_hint.load(std::memory_order_relaxed) |
+                 h->full_remote_hint.load(std::memory_order_relaxed);
+  bool tick = (++h->idle_calls & 63) == 0;  // the clock every 64th call
+  if (__builtin_expect(collect | tick, 0)) heap_idle_work(h, collect, tick);
+}
 
 // Thread exit (pthread key destructor) and fork.
 void heap_thread_exit(void* heap);

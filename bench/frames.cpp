@@ -138,6 +138,16 @@ void BM_CrossThread(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 
+// The idle point of an executor with nothing to do (it has a heap and a
+// frame pool, as a real one would).
+void BM_IdleNothingToDo(benchmark::State& state) {
+  am_frame_free(am_frame_alloc(64), 64);
+  am_free(am_malloc(64));
+  for (auto _ : state) amalloc::executor_idle();
+  state.SetItemsProcessed(state.iterations());
+}
+
+BENCHMARK(BM_IdleNothingToDo);
 BENCHMARK_TEMPLATE(BM_SameThread, GlobalFrame);
 BENCHMARK_TEMPLATE(BM_SameThread, amalloc::pooled_frame);
 BENCHMARK_TEMPLATE(BM_SameThread, NaiveFrame);

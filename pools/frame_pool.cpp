@@ -11,13 +11,14 @@
 
 namespace am::frames {
 
+__thread FrameCache* t_frames __attribute__((tls_model("initial-exec")));
+
 namespace {
 FrameCache* g_all;  // every cache ever made (never freed), under g_lock
 }  // namespace
 
 namespace {
 
-__thread FrameCache* t_frames __attribute__((tls_model("initial-exec")));
 __thread bool t_frames_dead __attribute__((tls_model("initial-exec")));
 
 pthread_key_t g_key;
@@ -299,12 +300,10 @@ void frame_free(void* p, size_t size) {
   frame_free_slow(p, size);
 }
 
-void frame_idle() {
-  FrameCache* c = t_frames;
-  if (!c) return;
+void frame_idle_work(FrameCache* c) {
   if (c->out_pending) flush_all(c);
   if (c->incoming.load(std::memory_order_relaxed)) drain(c);
-  if ((++c->idle_calls & 63) == 0) adapt(c);
+  if ((c->idle_calls & 63) == 0) adapt(c);
 }
 
 }  // namespace am::frames

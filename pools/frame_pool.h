@@ -64,6 +64,15 @@ void* frame_alloc(size_t size);
 void frame_free(void* p, size_t size);
 // The executor idle point's part: send batches home, take returned frames
 // in, and every 64th call adapt pool sizes and give unused frames back.
-void frame_idle();
+extern __thread FrameCache* t_frames __attribute__((tls_model("initial-exec")));
+void frame_idle_work(FrameCache* c);
+inline void frame_idle() {
+  FrameCache* c = t_frames;
+  if (!c) return;
+  bool work = c->out_pending != 0;
+  work |= c->incoming.load(std::memory_order_relaxed) != nullptr;
+  work |= (++c->idle_calls & 63) == 0;
+  if (__builtin_expect(work, 0)) frame_idle_work(c);
+}
 
 }  // namespace am::frames
