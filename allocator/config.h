@@ -9,6 +9,10 @@
 #define AM_INLINE inline __attribute__((always_inline))
 #define AM_NOINLINE __attribute__((noinline))
 #define AM_COLD __attribute__((cold, noinline))
+// Statistics read counters that their owners update without atomics: the
+// figures are approximate by design, and the reads are not data the
+// allocator acts on. Keep ThreadSanitizer from reporting them.
+#define AM_APPROXIMATE_READS __attribute__((no_sanitize("thread")))
 #endif
 
 namespace am {

@@ -182,7 +182,9 @@ Page* page_new(Heap* h, unsigned cls) {
   bool adopted = false;
   {
     LockGuard g;
-    pg = g_abandoned[cls];
+    // Only thread heaps adopt: an application heap owns exactly what it
+    // allocated, so that am_heap_destroy frees nothing of anyone else's.
+    pg = h->is_default ? g_abandoned[cls] : nullptr;
     if (pg) {
       g_abandoned[cls] = pg->next;
       pg->abandoned = 0;
@@ -517,11 +519,11 @@ void heap_fork_child() {
   }
 }
 
-void heap_stats_sum(uint64_t* remote_frees, uint64_t* pages_adopted) {
+AM_APPROXIMATE_READS void heap_stats_sum(uint64_t* remote_frees, uint64_t* pages_adopted) {
   uint64_t r = 0, a = 0;
   for (Heap* h = g_heaps; h; h = h->next) {
-    r += __atomic_load_n(&h->remote_frees, __ATOMIC_RELAXED);
-    a += __atomic_load_n(&h->pages_adopted, __ATOMIC_RELAXED);
+    r += h->remote_frees;
+    a += h->pages_adopted;
   }
   *remote_frees = r;
   *pages_adopted = a;

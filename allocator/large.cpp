@@ -27,25 +27,27 @@ void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
   size_t bsize = round_page(size);
   size_t off;
   Segment* s;
+  Page* pg;
   {
+    // The block's record is written under the lock: stats read it there.
     LockGuard g;
     s = segment_large_alloc_locked(bsize, align, &off);
-    if (s && h != &g_empty_heap) heap_large_link_locked(h, s);
+    if (!s) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+    if (h != &g_empty_heap) heap_large_link_locked(h, s);
+    pg = &s->pages[0];
+    pg->start = reinterpret_cast<uint8_t*>(s) + off;
+    pg->block_size = bsize;
+    pg->divc = kLargeDivc;
+    pg->capacity = pg->reserved = pg->used = 1;
+    pg->kind = kKindLarge;
+    pg->in_use = 1;
+    pg->owner_fast.store(nullptr, std::memory_order_relaxed);
+    pg->heap.store(nullptr, std::memory_order_relaxed);
+    s->used_pages = 1;
   }
-  if (!s) {
-    errno = ENOMEM;
-    return nullptr;
-  }
-  Page* pg = &s->pages[0];
-  pg->start = reinterpret_cast<uint8_t*>(s) + off;
-  pg->block_size = bsize;
-  pg->divc = kLargeDivc;
-  pg->capacity = pg->reserved = pg->used = 1;
-  pg->kind = kKindLarge;
-  pg->in_use = 1;
-  pg->owner_fast.store(nullptr, std::memory_order_relaxed);
-  pg->heap.store(nullptr, std::memory_order_relaxed);
-  s->used_pages = 1;
   stats_add(g_os_stats.large_allocs, 1);
   // Only the part a previous user touched needs zeroing.
   if (zero && s->dirty_end > off)
@@ -55,13 +57,15 @@ void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
 
 void large_free(Page* pg) {
   Segment* s = segment_of_page(pg);
-  pg->in_use = 0;
   LockGuard g;
+  pg->in_use = 0;
   heap_large_unlink_locked(s);
   segment_large_free_locked(s, os_now_ms());
 }
 
 void* large_resize(Page* pg, size_t size) {
+  // Under the lock: the segment may move, and stats read its record.
+  LockGuard g;
   Segment* s = segment_of_page(pg);
   size_t off = static_cast<size_t>(pg->start - reinterpret_cast<uint8_t*>(s));
   size_t bsize = round_page(size);
@@ -72,11 +76,9 @@ void* large_resize(Page* pg, size_t size) {
   if (off + bsize <= s->mapped_size) {
     // Shrinking a huge block by more than half gives the tail back.
     if (s->mapped_size > kSegmentSize && bsize < old / 2) {
-      LockGuard g;
       size_t mapped = round_page(off + bsize);
       if (mapped < kSegmentSize) mapped = kSegmentSize;
-      Segment* r = segment_large_remap_locked(s, mapped);
-      if (r) s = r;
+      if (Segment* r = segment_large_remap_locked(s, mapped)) s = r;
     } else if (bsize < old) {
       os_purge(pg->start + bsize, old - bsize);
     }
@@ -86,12 +88,7 @@ void* large_resize(Page* pg, size_t size) {
   }
   // Grow the mapping, with slack so that a block grown in small steps does
   // not remap every time (untouched slack costs no memory).
-  size_t want = round_page(off + bsize + bsize / 8);
-  Segment* r;
-  {
-    LockGuard g;
-    r = segment_large_remap_locked(s, want);
-  }
+  Segment* r = segment_large_remap_locked(s, round_page(off + bsize + bsize / 8));
   if (!r) return nullptr;
   pg = &r->pages[0];
   pg->start = reinterpret_cast<uint8_t*>(r) + off;

@@ -308,7 +308,7 @@ void segment_purge_locked(uint64_t now, bool force) {
   }
 }
 
-SegmentTotals segment_totals_locked() {
+AM_APPROXIMATE_READS SegmentTotals segment_totals_locked() {
   SegmentTotals t{};
   for (Segment* s = g_cache; s; s = s->next) {
     t.committed += s->purged ? kHeaderBytes : s->dirty_end;
@@ -327,8 +327,7 @@ SegmentTotals segment_totals_locked() {
       const Page& pg = s->pages[i];
       if (pg.in_use) {
         t.pages_in_use++;
-        t.in_use +=
-            uint64_t{__atomic_load_n(&pg.used, __ATOMIC_RELAXED) - pg.is_head} * pg.block_size;
+        t.in_use += uint64_t{pg.used - pg.is_head} * pg.block_size;
         t.committed += uint64_t{pg.capacity} * pg.block_size;
       } else if (pg.dirty) {
         t.committed += page_area_size(s);

@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "allocator/config.h"
 #include "allocator/format.h"
 #include "allocator/lock.h"
 #include "allocator/stats.h"
@@ -166,7 +167,7 @@ void thread_exit(void* v) {
   g_free = c;
 }
 
-void stats_hook(int fd, bool json) {
+AM_APPROXIMATE_READS void stats_hook(int fd, bool json) {
   // Sum over every cache; sizes with no traffic are left out.
   struct Row {
     uint64_t hits, misses, remote, pooled;
@@ -177,10 +178,10 @@ void stats_hook(int fd, bool json) {
   for (FrameCache* c = g_all; c; c = c->next_all)
     for (unsigned i = 0; i < kClasses; i++) {
       const Pool& p = c->pools[i];
-      rows[i].hits += __atomic_load_n(&p.hits, __ATOMIC_RELAXED);
-      rows[i].misses += __atomic_load_n(&p.misses, __ATOMIC_RELAXED);
-      rows[i].remote += __atomic_load_n(&p.remote_frees, __ATOMIC_RELAXED);
-      rows[i].pooled += __atomic_load_n(&p.count, __ATOMIC_RELAXED);
+      rows[i].hits += p.hits;
+      rows[i].misses += p.misses;
+      rows[i].remote += p.remote_frees;
+      rows[i].pooled += p.count;
     }
   Out o;
   bool first = true;
@@ -314,17 +315,17 @@ extern "C" {
 
 void* am_frame_alloc(size_t size) { return frame_alloc(size); }
 
-void am_frame_stats(size_t size, am_frame_stats_t* out) {
+AM_APPROXIMATE_READS void am_frame_stats(size_t size, am_frame_stats_t* out) {
   *out = am_frame_stats_t{};
   size_t s = round16(size);
   if (s > kMaxPooled) return;
   am::LockGuard g;
   for (FrameCache* c = g_all; c; c = c->next_all) {
     const Pool& p = c->pools[s / 16 - 1];
-    out->hits += __atomic_load_n(&p.hits, __ATOMIC_RELAXED);
-    out->misses += __atomic_load_n(&p.misses, __ATOMIC_RELAXED);
-    out->remote_frees += __atomic_load_n(&p.remote_frees, __ATOMIC_RELAXED);
-    out->pooled += __atomic_load_n(&p.count, __ATOMIC_RELAXED);
+    out->hits += p.hits;
+    out->misses += p.misses;
+    out->remote_frees += p.remote_frees;
+    out->pooled += p.count;
   }
 }
 void am_frame_free(void* p, size_t size) { frame_free(p, size); }
