@@ -47,13 +47,7 @@ AM_NOINLINE void* malloc_slow(size_t size) {
 
 AM_NOINLINE void* heap_malloc_slow(Heap* h, size_t size) {
   if (size <= kDirectMax) {
-    Page* pg = h->direct[(size + 15) >> 4];
-    if (pg->free) {
-      Block* b = pg->free;
-      pg->free = b->next;
-      pg->used++;
-      return b;
-    }
+    if (void* p = direct_pop(h, size)) return p;
     return heap_alloc_class(h, kDirectClass[(size + 15) >> 4]);
   }
   if (size <= kMediumMax) {

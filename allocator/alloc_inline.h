@@ -16,32 +16,27 @@ void free_slow(void* p, Page* slot);
 void free_not_ours(void* p);
 void free_bad_block(void* p, Page* pg);
 
-// size -> direct slot -> page -> pop.
-AM_INLINE void* malloc_fast(size_t size) {
-  if (AM_LIKELY(size <= kDirectMax)) {
-    Heap* h = t_heap;
-    Page* pg = h->direct[(size + 15) >> 4];
-    Block* b = pg->free;
-    if (AM_LIKELY(b != nullptr)) {
-      pg->free = b->next;
-      pg->used++;
-      return b;
-    }
+// size -> direct slot -> page -> pop; nullptr when the page is empty.
+AM_INLINE void* direct_pop(Heap* h, size_t size) {
+  Page* pg = h->direct[(size + 15) >> 4];
+  Block* b = pg->free;
+  if (AM_LIKELY(b != nullptr)) {
+    pg->free = b->next;
+    pg->used++;
   }
+  return b;
+}
+
+AM_INLINE void* malloc_fast(size_t size) {
+  if (AM_LIKELY(size <= kDirectMax))
+    if (void* p = direct_pop(t_heap, size); AM_LIKELY(p != nullptr)) return p;
   return malloc_slow(size);
 }
 
 // The same from a given heap (am_heap_malloc).
 AM_INLINE void* heap_malloc(Heap* h, size_t size) {
-  if (AM_LIKELY(size <= kDirectMax)) {
-    Page* pg = h->direct[(size + 15) >> 4];
-    Block* b = pg->free;
-    if (AM_LIKELY(b != nullptr)) {
-      pg->free = b->next;
-      pg->used++;
-      return b;
-    }
-  }
+  if (AM_LIKELY(size <= kDirectMax))
+    if (void* p = direct_pop(h, size); AM_LIKELY(p != nullptr)) return p;
   return heap_malloc_slow(h, size);
 }
 
