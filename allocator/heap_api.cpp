@@ -1,5 +1,7 @@
 // The am_heap_* C API and the executor idle point.
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 
 #include "allocator/alloc_inline.h"
 #include "allocator/api.h"
@@ -42,6 +44,21 @@ bool usable(const char* fn, Heap* h) {
   return true;
 }
 
+// A heap is used by one thread at a time: debug builds check that a heap
+// another thread has bound is not allocated from here (and abort, since the
+// heap's pages would be corrupted).
+Heap* checked(am_heap_t* heap) {
+  Heap* h = to_heap(heap);
+#ifndef NDEBUG
+  uintptr_t bound = h->bound_thread.load(std::memory_order_relaxed);
+  if (bound != 0 && bound != static_cast<uintptr_t>(pthread_self())) {
+    report("am_heap_malloc", h, "is bound on another thread");
+    abort();
+  }
+#endif
+  return h;
+}
+
 }  // namespace
 
 extern "C" {
@@ -68,15 +85,15 @@ am_heap_t* am_heap_bind(am_heap_t* heap) {
   return to_api(prev);
 }
 
-void* am_heap_malloc(am_heap_t* heap, size_t size) { return heap_malloc(to_heap(heap), size); }
+void* am_heap_malloc(am_heap_t* heap, size_t size) { return heap_malloc(checked(heap), size); }
 void* am_heap_calloc(am_heap_t* heap, size_t count, size_t size) {
-  return alloc_calloc(to_heap(heap), count, size);
+  return alloc_calloc(checked(heap), count, size);
 }
 void* am_heap_realloc(am_heap_t* heap, void* p, size_t size) {
-  return alloc_realloc(to_heap(heap), p, size);
+  return alloc_realloc(checked(heap), p, size);
 }
 void* am_heap_memalign(am_heap_t* heap, size_t align, size_t size) {
-  return alloc_aligned(to_heap(heap), align == 0 ? 1 : align, size);
+  return alloc_aligned(checked(heap), align == 0 ? 1 : align, size);
 }
 
 void am_heap_destroy(am_heap_t* heap) {

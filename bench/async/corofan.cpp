@@ -71,7 +71,8 @@ int main(int argc, char** argv) {
   WlArgs args = wl_parse(argc, argv, "corofan");
   wl_arm_hard_cap(args);
   Shape shape{4, wl_pick(args, 5u, 9u, 10u), args.seed};
-  const unsigned rounds = wl_pick(args, 2u, 6u, 8u);
+  const unsigned rounds =
+      wl_pick(args, 2u, 20u, 40u);  // enough rounds to average how work is stolen
   const uint64_t n = tree_nodes(shape);
   // Unsigned arithmetic modulo 2^64, like the tasks' own sums.
   const uint64_t expect_root =
