@@ -336,6 +336,18 @@ struct WlResult {
   }
 };
 
+// A result with its identity filled in; the caller adds metrics.
+inline WlResult wl_result(std::string workload, std::string size, unsigned threads,
+                          std::string primary, std::string better) {
+  WlResult r;
+  r.workload = std::move(workload);
+  r.size = std::move(size);
+  r.threads = threads;
+  r.primary = std::move(primary);
+  r.better = std::move(better);
+  return r;
+}
+
 inline void wl_json_string(std::string& out, const std::string& s) {
   out += '"';
   for (char c : s) {

@@ -251,12 +251,8 @@ int main(int argc, char** argv) {
   const unsigned bursts = wl_pick(args, 1u, 3u, 5u);
   const double quiet_s = wl_pick(args, 0.15, 1.1, 1.5);
 
-  WlResult r;
-  r.workload = quiet_idle ? "bursty_idle" : "bursty";
-  r.size = args.size;
-  r.threads = args.threads;
-  r.primary = tiny ? "rss_after_100ms_pct" : "rss_after_1s_pct";
-  r.better = "lower";
+  WlResult r = wl_result(quiet_idle ? "bursty_idle" : "bursty", args.size, args.threads,
+                         tiny ? "rss_after_100ms_pct" : "rss_after_1s_pct", "lower");
 
   Control ctl;
   std::vector<std::vector<TaskRec*>> parts(p.threads);

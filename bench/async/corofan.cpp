@@ -78,12 +78,7 @@ int main(int argc, char** argv) {
   const uint64_t expect_root =
       n * shape.seed + (n % 2 == 0 ? (n / 2) * (n - 1) : n * ((n - 1) / 2));
 
-  WlResult r;
-  r.workload = "corofan";
-  r.size = args.size;
-  r.threads = args.threads;
-  r.primary = "tasks_per_s";
-  r.better = "higher";
+  WlResult r = wl_result("corofan", args.size, args.threads, "tasks_per_s", "higher");
 
   Pool pool(args.threads);
   const double soft_cap = wl_soft_cap_s(args);

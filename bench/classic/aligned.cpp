@@ -125,12 +125,7 @@ int main(int argc, char** argv) {
     nops += done[t];
   }
 
-  WlResult r;
-  r.workload = "aligned";
-  r.size = args.size;
-  r.threads = T;
-  r.primary = "ops_per_s";
-  r.better = "higher";
+  WlResult r = wl_result("aligned", args.size, T, "ops_per_s", "higher");
   r.metric("ops_per_s", double(nops) / secs);
   r.metric("time_s", secs);
   r.metric("peak_rss_kib", double(peak_rss_kib()));

@@ -127,12 +127,7 @@ int main(int argc, char** argv) {
   want.merge(expected);
   const bool capped = active.capped || passive.capped;
 
-  WlResult r;
-  r.workload = "falseshare";
-  r.size = args.size;
-  r.threads = T;
-  r.primary = "time_s";
-  r.better = "lower";
+  WlResult r = wl_result("falseshare", args.size, T, "time_s", "lower");
   const double secs = active.secs + passive.secs;
   r.metric("time_s", secs);
   r.metric("active_time_s", active.secs);

@@ -111,12 +111,7 @@ int main(int argc, char** argv) {
 
   for (auto& b : kept) release(b, freed, bad);
 
-  WlResult r;
-  r.workload = "fragment";
-  r.size = args.size;
-  r.threads = 1;
-  r.primary = "rss_per_live";
-  r.better = "lower";
+  WlResult r = wl_result("fragment", args.size, 1, "rss_per_live", "lower");
   const double live_kib = double(live) / 1024;
   r.metric("rss_per_live", (double(final_rss) - double(rss0)) / live_kib);
   r.metric("peak_rss_kib", double(peak));

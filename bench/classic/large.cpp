@@ -116,12 +116,7 @@ int main(int argc, char** argv) {
     all.insert(all.end(), lat[t].begin(), lat[t].end());
   }
 
-  WlResult r;
-  r.workload = "large";
-  r.size = args.size;
-  r.threads = T;
-  r.primary = "ops_per_s";
-  r.better = "higher";
+  WlResult r = wl_result("large", args.size, T, "ops_per_s", "higher");
   r.metric("ops_per_s", double(nops) / secs);
   r.metric("time_s", secs);
   r.metric("gib_per_s", double(nbytes) / secs / (1024.0 * 1024 * 1024));

@@ -108,12 +108,7 @@ int main(int argc, char** argv) {
     nbad += bad[t];
   }
 
-  WlResult r;
-  r.workload = "larson";
-  r.size = args.size;
-  r.threads = T;
-  r.primary = "ops_per_s";
-  r.better = "higher";
+  WlResult r = wl_result("larson", args.size, T, "ops_per_s", "higher");
   r.metric("ops_per_s", double(ops) / secs);
   r.metric("time_s", secs);
   r.metric("ops", double(ops));

@@ -122,12 +122,7 @@ int main(int argc, char** argv) {
     all.sum.merge(s.sum);
   }
 
-  WlResult r;
-  r.workload = "realloc";
-  r.size = args.size;
-  r.threads = T;
-  r.primary = "appends_per_s";
-  r.better = "higher";
+  WlResult r = wl_result("realloc", args.size, T, "appends_per_s", "higher");
   r.metric("appends_per_s", double(all.appends) / secs);
   r.metric("reallocs_per_s", double(all.reallocs) / secs);
   r.metric("mib_per_s", double(all.appended) / secs / (1024 * 1024));
