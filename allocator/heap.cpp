@@ -167,7 +167,6 @@ void sweep_abandoned_locked(uint64_t now) {
       page_collect(pg);
       if (pg->used == 0) {
         *link = pg->next;
-        pg->abandoned = 0;
         segment_page_free_locked(pg, now);
       } else {
         link = &pg->next;
@@ -187,7 +186,6 @@ Page* page_new(Heap* h, unsigned cls) {
     pg = h->is_default ? g_abandoned[cls] : nullptr;
     if (pg) {
       g_abandoned[cls] = pg->next;
-      pg->abandoned = 0;
       adopted = true;
     } else {
       pg = segment_page_alloc_locked(class_is_small(cls) ? kKindSmall : kKindMedium);
@@ -214,7 +212,6 @@ void heap_reset(Heap* h) {
   memset(static_cast<void*>(h->queues), 0, sizeof h->queues);
   h->full = nullptr;
   h->full_remote_hint.store(0, std::memory_order_relaxed);
-  h->slow_calls = 0;
 }
 
 Heap* heap_carve_locked() {
@@ -254,7 +251,6 @@ void heap_abandon_locked(Heap* h) {
       return;
     }
     pg->heap.store(nullptr, std::memory_order_release);
-    pg->abandoned = 1;
     pg->next = g_abandoned[pg->cls];
     pg->prev = nullptr;
     g_abandoned[pg->cls] = pg;

@@ -16,7 +16,6 @@ void page_init(Page* pg, unsigned cls, Heap* h) {
   pg->free = nullptr;
   pg->cls = static_cast<uint8_t>(cls);
   pg->is_head = 0;
-  pg->abandoned = 0;
   pg->dirty = 1;
   pg->next = pg->prev = nullptr;
   pg->xthread_free.store(nullptr, std::memory_order_relaxed);

@@ -43,6 +43,9 @@ extern "C" void am_stats_get(am_stats_t* out) {
   out->heaps_abandoned = rd(g_os_stats.heaps_abandoned);
   out->pages_adopted = adopted;
   out->bad_frees = rd(g_os_stats.bad_frees);
+  out->large_allocs = rd(g_os_stats.large_allocs);
+  out->remaps = rd(g_os_stats.huge_remaps);
+  out->purge_calls = rd(g_os_stats.purge_calls);
 }
 
 namespace am {
@@ -62,7 +65,9 @@ void stats_report(int fd) {
       .num(s.pages_in_use)
       .str(" pages and ")
       .num(s.large_blocks)
-      .str(" large blocks\n");
+      .str(" large blocks (")
+      .num(s.large_allocs)
+      .str(" made)\n");
   o.str("  committed:  ")
       .bytes(s.committed_bytes)
       .str(" (reserved ")
@@ -75,8 +80,12 @@ void stats_report(int fd) {
       .str(" maps, ")
       .num(s.munmap_calls)
       .str(" unmaps, ")
+      .num(s.remaps)
+      .str(" remaps, ")
       .bytes(s.purged_bytes)
-      .str(" purged\n");
+      .str(" purged in ")
+      .num(s.purge_calls)
+      .str(" calls\n");
   o.str("  threads:    ")
       .num(s.heaps_created)
       .str(" heaps made, ")
@@ -120,6 +129,9 @@ void stats_report_json(int fd) {
   field("heaps_abandoned", s.heaps_abandoned);
   field("pages_adopted", s.pages_adopted);
   field("bad_frees", s.bad_frees);
+  field("large_allocs", s.large_allocs);
+  field("remaps", s.remaps);
+  field("purge_calls", s.purge_calls);
   o.flush(fd);
   if (g_stats_hook) g_stats_hook(fd, true);  // adds its fields
   o.str("}\n").flush(fd);

@@ -52,10 +52,9 @@ struct Page {
   uint8_t in_use;
   uint8_t is_head;  // first page of its heap queue (holds the used bias)
   std::atomic<uint8_t> in_full;
-  uint8_t dirty;      // free slot whose memory may still be resident
-  uint8_t abandoned;  // on the global abandoned list
-  uint8_t span_off;   // slots back to the page's first slot (medium pages)
-  uint8_t pad_[24];
+  uint8_t dirty;     // free slot whose memory may still be resident
+  uint8_t span_off;  // slots back to the page's first slot (medium pages)
+  uint8_t pad_[25];
 };
 
 static_assert(sizeof(Page) == 128, "slot_page() computes slot * 128");
@@ -114,7 +113,6 @@ struct Heap {
   Segment* large = nullptr;  // large blocks of this heap (under g_lock)
   uint32_t idle_calls = 0;
   uint64_t last_collect_ms = 0;
-  uint32_t slow_calls = 0;
   Heap* next = nullptr;  // all heaps ever made / the pool of unused heaps
   Heap* pool_next = nullptr;
   // Counters kept by the owner without atomics; summed by stats.

@@ -148,6 +148,9 @@ typedef struct am_stats_s {
   uint64_t heaps_abandoned; /* thread heaps given up at thread exit or fork */
   uint64_t pages_adopted;   /* pages taken over from exited threads */
   uint64_t bad_frees;       /* invalid or double frees detected */
+  uint64_t large_allocs;    /* blocks above 64 KiB made over the lifetime */
+  uint64_t remaps;          /* huge blocks moved or resized with mremap */
+  uint64_t purge_calls;     /* madvise calls that returned memory */
 } am_stats_t;
 
 AM_API void am_stats_get(am_stats_t* out);
