@@ -38,7 +38,9 @@ void print_options() {
       .num(g_options.purge_delay_ms)
       .str("ms segment_cache=")
       .num(g_options.segment_cache)
-      .ch('\n')
+      .str(" epoch_warn=")
+      .num(g_options.epoch_warn_ms)
+      .str("ms\n")
       .flush(2);
 }
 

@@ -16,6 +16,15 @@ void os_purge(void* p, size_t size);
 // `align`; moves the pages (never copies). nullptr on failure.
 void* os_remap_aligned(void* p, size_t old_size, size_t new_size, size_t align);
 uint64_t os_now_ms();
+// membarrier(2), private expedited: registers the process; false where the
+// kernel lacks it (the caller then uses fences on both sides).
+bool os_membarrier_register();
+// A full memory barrier on every running thread of the process.
+void os_membarrier();
+int os_gettid();
+// Give up the CPU: a yield for short waits, a sleep for long ones.
+void os_yield();
+void os_sleep_us(uint32_t us);
 void os_write(int fd, const char* s, size_t n);
 
 }  // namespace am

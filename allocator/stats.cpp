@@ -13,7 +13,22 @@ namespace am {
 
 OsStats g_os_stats;
 int g_report_fd = 2;
-StatsHook g_stats_hook;
+namespace {
+constexpr int kMaxHooks = 4;
+std::atomic<StatsHook> g_hooks[kMaxHooks];
+
+void run_hooks(int fd, bool json) {
+  for (auto& h : g_hooks)
+    if (StatsHook f = h.load(std::memory_order_acquire)) f(fd, json);
+}
+}  // namespace
+
+void stats_add_hook(StatsHook hook) {
+  for (auto& h : g_hooks) {
+    StatsHook expected = nullptr;
+    if (h.compare_exchange_strong(expected, hook, std::memory_order_acq_rel)) return;
+  }
+}
 
 }  // namespace am
 
@@ -99,7 +114,7 @@ void stats_report(int fd) {
       .num(s.bad_frees)
       .str(" invalid\n");
   o.flush(fd);
-  if (g_stats_hook) g_stats_hook(fd, false);
+  run_hooks(fd, false);
 }
 
 }  // namespace am
@@ -133,7 +148,7 @@ void stats_report_json(int fd) {
   field("remaps", s.remaps);
   field("purge_calls", s.purge_calls);
   o.flush(fd);
-  if (g_stats_hook) g_stats_hook(fd, true);  // adds its fields
+  run_hooks(fd, true);  // they add their fields
   o.str("}\n").flush(fd);
 }
 

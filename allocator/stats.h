@@ -25,9 +25,9 @@ extern OsStats g_os_stats;
 // before the report is written).
 extern int g_report_fd;
 void stats_report(int fd);
-// Layers above the engine (the frame pools) add their lines to reports.
+// Layers above the engine (frame pools, epochs) add their lines to reports.
 using StatsHook = void (*)(int fd, bool json);
-extern StatsHook g_stats_hook;
+void stats_add_hook(StatsHook hook);
 void stats_report_json(int fd);
 
 inline void stats_add(std::atomic<uint64_t>& c, uint64_t n) {

@@ -39,7 +39,7 @@ void thread_exit(void* v);
 
 void make_key() {
   pthread_key_create(&g_key, thread_exit);
-  g_stats_hook = stats_hook;
+  stats_add_hook(stats_hook);
 }
 
 // The calling thread's cache, made on first use; nullptr while the thread

@@ -118,6 +118,62 @@ typedef struct am_frame_stats_s {
 } am_frame_stats_t;
 AM_API void am_frame_stats(size_t size, am_frame_stats_t* out);
 
+/* ---- epoch-based deferred reclamation ------------------------------------ */
+
+/* A thread reading a lock-free structure that other threads change pins
+ * the current epoch; a thread that unlinks a node retires it, and the node
+ * is freed only after every pin that could still see it is gone (a grace
+ * period). Pinning is a plain store (no atomic read-modify-write): the
+ * reclaiming side pays, with membarrier(2) where the kernel has it.
+ *
+ * Rules: a pinned thread may read any node it reaches from the structure
+ * until it unpins; it must not keep a pointer past am_epoch_exit. A pin must
+ * not be held across a coroutine suspension point or a blocking call: it
+ * stops reclamation for every thread (debug builds report a guard released
+ * on another thread, and any pin still held at the executor idle point). */
+
+/* Pin / unpin the calling thread. Nestable; only the outermost pair counts. */
+AM_API void am_epoch_enter(void);
+AM_API void am_epoch_exit(void);
+/* Free `p` (a block from amalloc) after a grace period. */
+AM_API void am_retire(void* p);
+/* After a grace period call fn(p, ctx), then free `p` (a block from amalloc). */
+AM_API void am_retire_fn(void* p, void (*fn)(void* p, void* ctx), void* ctx);
+/* After a grace period call fn(p, ctx) and nothing else: `p` may come from
+ * any allocator, or be any value. */
+AM_API void am_epoch_defer(void* p, void (*fn)(void* p, void* ctx), void* ctx);
+/* Wait for a grace period: every pin taken before the call has ended. Must
+ * not be called while pinned (reported; returns at once). */
+AM_API void am_epoch_synchronize(void);
+/* Wait until every retirement made before the call, by any thread, has been
+ * reclaimed (its deleter run). Must not be called while pinned. */
+AM_API void am_epoch_barrier(void);
+
+/* Quiescent-state mode: an executor thread (an event loop) registers once;
+ * from then on it counts as pinned all the time, needs no am_epoch_enter,
+ * and each am_executor_idle() call is its quiescent state: it holds no
+ * pointer into a shared structure there. Around a blocking wait that
+ * follows the idle point (epoll_wait) it may go offline, so that it does
+ * not hold up reclamation while it sleeps. Guards may still be used on an
+ * executor thread; they nest inside its permanent pin. */
+AM_API void am_epoch_executor_register(void);
+AM_API void am_epoch_executor_unregister(void);
+AM_API void am_epoch_offline(void);
+AM_API void am_epoch_online(void);
+
+typedef struct am_epoch_stats_s {
+  uint64_t epoch;           /* the global epoch */
+  uint64_t threads;         /* registered threads (guards or executors) */
+  uint64_t retired;         /* retirements over the lifetime */
+  uint64_t reclaimed;       /* of them, reclaimed */
+  uint64_t pending;         /* retired, not yet reclaimed */
+  uint64_t pending_bytes;   /* their amalloc block sizes */
+  uint64_t advances;        /* epoch advances */
+  uint64_t failed_advances; /* scans that found a thread pinned in an older epoch */
+  uint64_t stall_warnings;  /* long-pin warnings printed */
+} am_epoch_stats_t;
+AM_API void am_epoch_stats(am_epoch_stats_t* out);
+
 /* ---- introspection ---------------------------------------------------- */
 
 /* "0.1.0". */

@@ -1,15 +1,19 @@
 // amalloc: the C++ API over amalloc.h (heaps, the executor idle point,
-// coroutine-frame pools).
+// coroutine-frame pools, epoch-based reclamation).
 #ifndef AMALLOC_AMALLOC_HPP
 #define AMALLOC_AMALLOC_HPP
 
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <memory_resource>
 #include <new>
 #include <stdexcept>
+#include <thread>
+#include <type_traits>
 #include <utility>
 
 #include "amalloc/amalloc.h"
@@ -125,6 +129,99 @@ class allocator {
 
 // The executor idle point (see am_executor_idle).
 inline void executor_idle() noexcept { am_executor_idle(); }
+
+// ---- epoch-based deferred reclamation (see amalloc.h) ----------------------
+namespace epoch {
+
+// Pins the calling thread for its lifetime: nodes reachable from a shared
+// structure stay valid until it is destroyed. Must be destroyed on the
+// thread that made it and not live across co_await or a blocking call;
+// debug builds (NDEBUG not defined) abort if it is released elsewhere.
+class guard {
+ public:
+  guard() noexcept {
+    am_epoch_enter();
+#ifndef NDEBUG
+    owner_ = std::this_thread::get_id();
+#endif
+  }
+  ~guard() {
+#ifndef NDEBUG
+    if (owner_ != std::this_thread::get_id()) {
+      std::fputs(
+          "amalloc: epoch::guard released on another thread than the one that pinned "
+          "(held across a suspension point?); aborting\n",
+          stderr);
+      std::abort();
+    }
+#endif
+    am_epoch_exit();
+  }
+  guard(const guard&) = delete;
+  guard& operator=(const guard&) = delete;
+
+ private:
+#ifndef NDEBUG
+  std::thread::id owner_;
+#endif
+};
+
+// Registers the calling thread as an executor in quiescent-state mode for
+// the object's lifetime (am_epoch_executor_register).
+class executor {
+ public:
+  executor() noexcept { am_epoch_executor_register(); }
+  ~executor() { am_epoch_executor_unregister(); }
+  executor(const executor&) = delete;
+  executor& operator=(const executor&) = delete;
+};
+
+// Takes a registered executor offline around a blocking wait.
+class offline_scope {
+ public:
+  offline_scope() noexcept { am_epoch_offline(); }
+  ~offline_scope() { am_epoch_online(); }
+  offline_scope(const offline_scope&) = delete;
+  offline_scope& operator=(const offline_scope&) = delete;
+};
+
+inline void synchronize() noexcept { am_epoch_synchronize(); }
+inline void barrier() noexcept { am_epoch_barrier(); }
+
+}  // namespace epoch
+
+// After a grace period: `delete p` (its destructor, then the global
+// operator delete: amalloc's when amalloc replaces malloc).
+template <class T>
+void retire(T* p) {
+  if (p == nullptr) return;
+  am_epoch_defer(
+      p, [](void* q, void*) { delete static_cast<T*>(q); }, nullptr);
+}
+
+// After a grace period: d(p). A stateful deleter is kept in a small block
+// until then.
+template <class T, class D>
+void retire(T* p, D d) {
+  if constexpr (std::is_empty_v<D> && std::is_default_constructible_v<D>) {
+    am_epoch_defer(
+        p, [](void* q, void*) { D{}(static_cast<T*>(q)); }, nullptr);
+  } else {
+    struct holder {
+      T* p;
+      D d;
+    };
+    auto* h = new holder{p, std::move(d)};
+    am_epoch_defer(
+        h,
+        [](void* q, void*) {
+          auto* k = static_cast<holder*>(q);
+          k->d(k->p);
+          delete k;
+        },
+        nullptr);
+  }
+}
 
 namespace detail {
 

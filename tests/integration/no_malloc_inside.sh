@@ -5,7 +5,7 @@
 # usage: no_malloc_inside.sh path/to/libamalloc_core.a
 set -euo pipefail
 archive=${1:?usage: $0 libamalloc_core.a}
-allowed='^(__errno_location|abort|clock_gettime|environ|fcntl|getpid|madvise|memcpy|memmove|memset|mmap|mremap|munmap|pthread_atfork|pthread_key_create|pthread_mutex_init|pthread_mutex_lock|pthread_mutex_trylock|pthread_mutex_unlock|pthread_once|pthread_self|pthread_setspecific|write|_GLOBAL_OFFSET_TABLE_)$'
+allowed='^(__errno_location|abort|clock_gettime|environ|fcntl|getpid|madvise|memcpy|memmove|memset|mmap|mremap|munmap|nanosleep|pthread_atfork|pthread_key_create|pthread_mutex_init|pthread_mutex_lock|pthread_mutex_trylock|pthread_mutex_unlock|pthread_once|pthread_self|pthread_setspecific|sched_yield|syscall|write|_GLOBAL_OFFSET_TABLE_)$'
 defined=$(nm --defined-only "$archive" | awk 'NF == 3 { print $3 }' | sort -u)
 undefined=$(nm -u "$archive" | awk 'NF == 2 && $1 == "U" { print $2 }' | sort -u)
 external=$(comm -23 <(echo "$undefined") <(echo "$defined"))

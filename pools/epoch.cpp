@@ -1,0 +1,559 @@
+// Epoch-based deferred reclamation: registration, retirement batches, the
+// advance scan, reclamation, and the thread-exit and fork hooks.
+//
+// Invariants:
+// - g_epoch only grows. A batch sealed at epoch t holds retirements made at
+//   epochs <= t; it is reclaimed once g_epoch >= t + 2, because advancing
+//   from e to e + 1 needs every pinned record to show e, so after two
+//   advances every pin older than the seal has ended.
+// - Sealed batches form one list in seal order (tags never decrease), and one
+//   thread at a time reclaims a prefix of it, so g_done_seq says exactly
+//   which seals have run their deleters (what barriers wait on).
+// - Deleters run with no lock held; they may allocate, free and retire.
+#include "pools/epoch.h"
+
+#include <pthread.h>
+
+#include "allocator/format.h"
+#include "allocator/options.h"
+#include "allocator/os.h"
+#include "allocator/stats.h"
+#include "amalloc/amalloc.h"
+
+namespace am::epoch {
+
+std::atomic<uint64_t> g_epoch{1};
+bool g_membarrier;
+std::atomic<uint64_t> g_sealed_batches;
+__thread Record* t_rec;
+__thread uint32_t t_nest;
+__thread uint8_t t_perm;
+
+namespace {
+
+__thread uint8_t t_exec;        // registered as an executor
+__thread uint8_t t_offline;     // ... and offline now
+__thread uint8_t t_reclaiming;  // running deleters
+
+// Above this many sealed, unreclaimed batches a retiring thread that is not
+// pinned waits for a grace period: pending memory stays bounded unless some
+// thread stays pinned.
+constexpr uint64_t kMaxSealed = 64;
+// The idle point seals its thread's open batch once it is this old.
+constexpr uint64_t kSealAfterMs = 1;
+
+pthread_once_t g_once = PTHREAD_ONCE_INIT;
+pthread_key_t g_key;
+// The registry (in_use flags, new records) and the sealed list.
+pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+std::atomic<Record*> g_records;
+constexpr uint32_t kStaticRecords = 32;
+Record g_static_records[kStaticRecords];
+uint32_t g_static_used;
+Batch* g_sealed_head;
+Batch* g_sealed_tail;
+uint64_t g_seal_seq;
+std::atomic<uint64_t> g_done_seq;
+std::atomic<uint8_t> g_reclaiming;  // one reclaimer at a time
+bool g_fork_took_reclaim;
+std::atomic<uint64_t> g_advanced_ms;
+std::atomic<uint64_t> g_last_idle_try_ms;
+
+// Counters (sealed batches only; stats add the open ones).
+std::atomic<uint64_t> g_retired, g_reclaimed, g_sealed_bytes, g_advances, g_failed, g_warnings;
+
+struct MuGuard {
+  MuGuard() { pthread_mutex_lock(&g_mu); }
+  ~MuGuard() { pthread_mutex_unlock(&g_mu); }
+};
+
+void lock_open(Record* r) {
+  while (r->open_lock.exchange(1, std::memory_order_acquire)) os_yield();
+}
+void unlock_open(Record* r) { r->open_lock.store(0, std::memory_order_release); }
+
+void heavy_fence() {
+  if (g_membarrier)
+    os_membarrier();
+  else
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+void append_sealed(Batch* b) {  // under g_mu
+  b->tag = g_epoch.load(std::memory_order_seq_cst);
+  b->seq = ++g_seal_seq;
+  b->next = nullptr;
+  if (g_sealed_tail)
+    g_sealed_tail->next = b;
+  else
+    g_sealed_head = b;
+  g_sealed_tail = b;
+  g_sealed_batches.fetch_add(1, std::memory_order_relaxed);
+  stats_add(g_retired, b->n);
+  stats_add(g_sealed_bytes, b->bytes);
+}
+
+void seal(Batch* b) {
+  // The retirements' unlinks are visible before the tag is read.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  MuGuard g;
+  append_sealed(b);
+}
+
+// Moves a record's open batch to the sealed list (another thread's too).
+void seal_open(Record* r) {
+  lock_open(r);
+  Batch* b = r->open;
+  r->open = nullptr;
+  unlock_open(r);
+  if (b) seal(b);
+}
+
+AM_COLD void warn_pinned(Record* r, uint64_t stale, uint64_t e) {
+  uint64_t since = g_advanced_ms.load(std::memory_order_relaxed);
+  uint64_t now = os_now_ms();
+  if (now - since < g_options.epoch_warn_ms) return;
+  if (r->warned.exchange(stale, std::memory_order_relaxed) == stale) return;
+  stats_add(g_warnings, 1);
+  Out o;
+  o.str("amalloc: epoch: thread ")
+      .num(static_cast<uint64_t>(r->tid))
+      .str(" has stayed pinned for over ")
+      .num(now - since)
+      .str(" ms (epoch ")
+      .num(stale)
+      .str(", now ")
+      .num(e)
+      .str("); ")
+      .num(g_sealed_batches.load(std::memory_order_relaxed))
+      .str(" batches of retirements wait for it\n")
+      .flush(2);
+}
+
+// One advance if every pinned record shows the current epoch.
+bool try_advance() {
+  uint64_t e = g_epoch.load(std::memory_order_acquire);
+  heavy_fence();
+  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) {
+    uint64_t s = r->state.load(std::memory_order_acquire);
+    if ((s & 1) && (s >> 1) != e) {
+      stats_add(g_failed, 1);
+      if (g_options.epoch_warn_ms) warn_pinned(r, s >> 1, e);
+      return false;
+    }
+  }
+  if (g_epoch.compare_exchange_strong(e, e + 1, std::memory_order_acq_rel)) {
+    stats_add(g_advances, 1);
+    g_advanced_ms.store(os_now_ms(), std::memory_order_relaxed);
+  }
+  return true;
+}
+
+void run_batch(Batch* b) {
+  for (uint32_t i = 0; i < b->n; i++) {
+    const Entry& x = b->e[i];
+    if (x.fn) x.fn(x.p, x.ctx);
+    if (x.free_after) am_free(x.p);
+  }
+}
+
+// Runs every sealed batch whose grace period is over; returns at once if
+// another thread is doing it (or this one, from inside a deleter).
+void reclaim() {
+  if (t_reclaiming || g_reclaiming.exchange(1, std::memory_order_acquire)) return;
+  t_reclaiming = 1;
+  for (;;) {
+    Batch* chain = nullptr;
+    {
+      MuGuard g;
+      uint64_t e = g_epoch.load(std::memory_order_acquire);
+      Batch** tail = &chain;
+      while (g_sealed_head && g_sealed_head->tag + 2 <= e) {
+        *tail = g_sealed_head;
+        tail = &g_sealed_head->next;
+        g_sealed_head = g_sealed_head->next;
+      }
+      *tail = nullptr;
+      if (!g_sealed_head) g_sealed_tail = nullptr;
+    }
+    if (!chain) break;
+    while (Batch* b = chain) {
+      chain = b->next;
+      run_batch(b);
+      stats_add(g_reclaimed, b->n);
+      stats_sub(g_sealed_bytes, b->bytes);
+      g_sealed_batches.fetch_sub(1, std::memory_order_relaxed);
+      g_done_seq.store(b->seq, std::memory_order_release);
+      am_free(b);
+    }
+  }
+  t_reclaiming = 0;
+  g_reclaiming.store(0, std::memory_order_release);
+}
+
+void backoff(uint32_t round) {
+  if (round < 64)
+    os_yield();
+  else
+    os_sleep_us(round < 256 ? 50 : 1000);
+}
+
+// Waits until the epoch reaches `target`, reclaiming on the way.
+void wait_epoch(uint64_t target) {
+  for (uint32_t round = 0; g_epoch.load(std::memory_order_acquire) < target; round++)
+    if (!try_advance()) backoff(round);
+}
+
+// Runs `wait` with the calling executor offline, as urcu-qsbr does: a thread
+// inside synchronize reads nothing. False (and a report) inside a guard.
+template <class F>
+bool unpinned_wait(const char* fn, F wait) {
+  if (t_nest != 0 || t_reclaiming) {
+    misuse(fn, t_nest ? "called while pinned; returning at once"
+                      : "called from a deleter; returning at once");
+    return false;
+  }
+  bool was_perm = t_perm;
+  if (was_perm) {
+    t_perm = 0;
+    t_rec->state.store(0, std::memory_order_release);
+  }
+  wait();
+  if (was_perm) {
+    t_perm = 1;
+    pin(t_rec);
+  }
+  return true;
+}
+
+void thread_exit(void* v) {
+  auto* r = static_cast<Record*>(v);
+  t_nest = 0;
+  t_perm = t_exec = t_offline = 0;
+  r->state.store(0, std::memory_order_release);
+  seal_open(r);
+  {
+    MuGuard g;
+    r->in_use = 0;
+  }
+  t_rec = nullptr;
+  // Leave no work behind for nobody: give the batches a chance now.
+  if (g_sealed_batches.load(std::memory_order_relaxed)) {
+    try_advance();
+    reclaim();
+  }
+}
+
+void fork_prepare() {
+  // No reclaimer may be between detaching batches and running them.
+  g_fork_took_reclaim = false;
+  if (!t_reclaiming) {
+    while (g_reclaiming.exchange(1, std::memory_order_acquire)) os_yield();
+    g_fork_took_reclaim = true;
+  }
+  pthread_mutex_lock(&g_mu);
+}
+
+void fork_parent() {
+  pthread_mutex_unlock(&g_mu);
+  if (g_fork_took_reclaim) g_reclaiming.store(0, std::memory_order_release);
+}
+
+// Only the forking thread lives on: the others' pins end and their open
+// batches are sealed (an append cut by the fork loses that one entry).
+void fork_child() {
+  pthread_mutex_init(&g_mu, nullptr);
+  for (Record* r = g_records.load(std::memory_order_relaxed); r; r = r->next) {
+    if (r == t_rec || !r->in_use) continue;
+    r->state.store(0, std::memory_order_relaxed);
+    r->open_lock.store(0, std::memory_order_relaxed);
+    if (Batch* b = r->open) {
+      r->open = nullptr;
+      append_sealed(b);
+    }
+    r->in_use = 0;
+  }
+  if (g_fork_took_reclaim) g_reclaiming.store(0, std::memory_order_relaxed);
+  // The registration belongs to the parent's mm; only this thread runs, so
+  // switching to fences is safe if the child cannot register.
+  if (g_membarrier) g_membarrier = os_membarrier_register();
+}
+
+void stats_hook(int fd, bool json);
+
+void init_once() {
+  g_membarrier = os_membarrier_register();
+  g_advanced_ms.store(os_now_ms(), std::memory_order_relaxed);
+  pthread_key_create(&g_key, thread_exit);
+  pthread_atfork(fork_prepare, fork_parent, fork_child);
+  stats_add_hook(stats_hook);
+}
+
+Record* new_record() {  // under g_mu
+  if (g_static_used < kStaticRecords) return &g_static_records[g_static_used++];
+  // Later threads: one 4 KiB-aligned chunk at a time, never freed.
+  static Record* chunk;
+  static uint32_t left;
+  if (left == 0) {
+    constexpr size_t kChunk = 64 * 1024;
+    chunk = static_cast<Record*>(os_map_aligned(kChunk, 4096));
+    if (!chunk) return nullptr;
+    left = kChunk / sizeof(Record);
+  }
+  left--;
+  return chunk++;
+}
+
+void open_entry(Record* r, const Entry& x) {
+  lock_open(r);
+  Batch* b = r->open;
+  if (!b) {
+    // am_malloc never retires or pins, so holding the record's lock is safe.
+    b = static_cast<Batch*>(am_malloc(sizeof(Batch)));
+    if (!b) {
+      unlock_open(r);
+      misuse("am_retire", "out of memory for a batch; the block is leaked");
+      return;
+    }
+    b->n = 0;
+    b->bytes = 0;
+    b->opened_ms = os_now_ms();
+    r->open = b;
+  }
+  b->e[b->n++] = x;
+  b->bytes += x.bytes;
+  bool full = b->n == kBatch;
+  if (full) r->open = nullptr;
+  unlock_open(r);
+  if (!full) return;
+  seal(b);
+  try_advance();
+  reclaim();
+  // Bound pending memory: wait for grace periods unless this thread's own
+  // pin is what holds them up.
+  if (g_sealed_batches.load(std::memory_order_relaxed) > kMaxSealed && t_nest == 0 && !t_perm &&
+      !t_reclaiming) {
+    for (uint32_t round = 0; g_sealed_batches.load(std::memory_order_relaxed) > kMaxSealed / 2;
+         round++) {
+      if (!try_advance()) backoff(round);
+      reclaim();
+    }
+  }
+}
+
+void retire_entry(const char* fn, void* p, void (*f)(void*, void*), void* ctx, bool free_after) {
+  uint32_t bytes = 0;
+  if (free_after) {
+    if (p == nullptr) return;
+    if (!am_owns(p)) return misuse(fn, "invalid pointer (not allocated by amalloc), ignored:", p);
+    size_t n = am_usable_size(p);
+    bytes = n > 0xffffffffu ? 0xffffffffu : static_cast<uint32_t>(n);
+  }
+  Record* r = t_rec;
+  if (!r) r = register_thread();
+  open_entry(r, Entry{p, f, ctx, bytes, free_after ? 1u : 0u});
+}
+
+AM_APPROXIMATE_READS void open_totals(uint64_t* n, uint64_t* bytes) {
+  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) {
+    lock_open(r);
+    if (r->open) {
+      *n += r->open->n;
+      *bytes += r->open->bytes;
+    }
+    unlock_open(r);
+  }
+}
+
+void stats_hook(int fd, bool json) {
+  am_epoch_stats_t s;
+  am_epoch_stats(&s);
+  if (s.threads == 0 && s.retired == 0) return;
+  Out o;
+  if (json) {
+    o.str(",\"epoch\":{\"epoch\":")
+        .num(s.epoch)
+        .str(",\"threads\":")
+        .num(s.threads)
+        .str(",\"retired\":")
+        .num(s.retired)
+        .str(",\"reclaimed\":")
+        .num(s.reclaimed)
+        .str(",\"pending\":")
+        .num(s.pending)
+        .str(",\"pending_bytes\":")
+        .num(s.pending_bytes)
+        .str(",\"advances\":")
+        .num(s.advances)
+        .str(",\"failed_advances\":")
+        .num(s.failed_advances)
+        .str(",\"stall_warnings\":")
+        .num(s.stall_warnings)
+        .ch('}');
+  } else {
+    o.str("  epochs:     epoch ")
+        .num(s.epoch)
+        .str(", ")
+        .num(s.threads)
+        .str(" threads, ")
+        .num(s.retired)
+        .str(" retired, ")
+        .num(s.pending)
+        .str(" pending (")
+        .bytes(s.pending_bytes)
+        .str("), ")
+        .num(s.advances)
+        .str(" advances, ")
+        .num(s.failed_advances)
+        .str(" waits on a pinned thread\n");
+  }
+  o.flush(fd);
+}
+
+}  // namespace
+
+Record* register_thread() {
+  pthread_once(&g_once, init_once);
+  Record* r = nullptr;
+  {
+    MuGuard g;
+    for (Record* x = g_records.load(std::memory_order_relaxed); x; x = x->next)
+      if (!x->in_use) {
+        r = x;
+        break;
+      }
+    if (!r) {
+      r = new_record();
+      if (!r) {
+        Out o;
+        o.str("amalloc: epoch: out of memory for a thread record; aborting\n").flush(2);
+        __builtin_trap();
+      }
+      r->next = g_records.load(std::memory_order_relaxed);
+      g_records.store(r, std::memory_order_release);
+    }
+    r->in_use = 1;
+    r->state.store(0, std::memory_order_relaxed);
+    r->tid = os_gettid();
+  }
+  t_rec = r;
+  pthread_setspecific(g_key, r);
+  return r;
+}
+
+AM_COLD void misuse(const char* fn, const char* what, const void* p) {
+  Out o;
+  o.str("amalloc: ").str(fn).str("(): ").str(what);
+  if (p) o.ch(' ').hex(reinterpret_cast<uintptr_t>(p));
+  o.ch('\n').flush(2);
+}
+
+AM_NOINLINE void idle_slow(Record* r) {
+  if (t_nest != 0) {
+    // A guard that lives across a suspension point: the coroutine went to
+    // sleep pinned, and this loop is about to block.
+    misuse("am_executor_idle", "called while pinned (an epoch guard held across co_await?)");
+  } else if (t_perm) {
+    pin(r);  // the quiescent state
+  }
+  if (Batch* b = r->open; b && os_now_ms() - b->opened_ms >= kSealAfterMs) seal_open(r);
+  if (g_sealed_batches.load(std::memory_order_relaxed) == 0) return;
+  uint64_t now = os_now_ms();
+  if (now == g_last_idle_try_ms.load(std::memory_order_relaxed)) return;
+  g_last_idle_try_ms.store(now, std::memory_order_relaxed);
+  try_advance();
+  reclaim();
+}
+
+}  // namespace am::epoch
+
+using namespace am::epoch;
+
+extern "C" {
+
+void am_epoch_enter(void) { enter(); }
+void am_epoch_exit(void) { leave(); }
+
+void am_retire(void* p) { retire_entry("am_retire", p, nullptr, nullptr, true); }
+
+void am_retire_fn(void* p, void (*fn)(void* p, void* ctx), void* ctx) {
+  retire_entry("am_retire_fn", p, fn, ctx, true);
+}
+
+void am_epoch_defer(void* p, void (*fn)(void* p, void* ctx), void* ctx) {
+  if (fn == nullptr) return misuse("am_epoch_defer", "no function given; ignored");
+  retire_entry("am_epoch_defer", p, fn, ctx, false);
+}
+
+void am_epoch_synchronize(void) {
+  if (!t_rec) register_thread();
+  unpinned_wait("am_epoch_synchronize", [] {
+    wait_epoch(g_epoch.load(std::memory_order_acquire) + 2);
+    reclaim();
+  });
+}
+
+void am_epoch_barrier(void) {
+  if (!t_rec) register_thread();
+  unpinned_wait("am_epoch_barrier", [] {
+    for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) seal_open(r);
+    uint64_t target;
+    {
+      MuGuard g;
+      target = g_seal_seq;
+    }
+    for (uint32_t round = 0; g_done_seq.load(std::memory_order_acquire) < target; round++) {
+      bool advanced = try_advance();
+      reclaim();
+      if (!advanced || g_reclaiming.load(std::memory_order_relaxed)) backoff(round);
+    }
+  });
+}
+
+void am_epoch_executor_register(void) {
+  Record* r = t_rec;
+  if (!r) r = register_thread();
+  if (t_exec) return;
+  t_exec = 1;
+  t_offline = 0;
+  t_perm = 1;
+  if (t_nest == 0) pin(r);  // inside a guard, the guard's older pin stands
+}
+
+void am_epoch_executor_unregister(void) {
+  if (!t_exec) return;
+  t_exec = t_offline = t_perm = 0;
+  if (t_nest == 0) t_rec->state.store(0, std::memory_order_release);
+}
+
+void am_epoch_offline(void) {
+  if (!t_exec || t_offline) return;
+  if (t_nest != 0) return misuse("am_epoch_offline", "called while pinned by a guard; ignored");
+  t_offline = 1;
+  t_perm = 0;
+  t_rec->state.store(0, std::memory_order_release);
+}
+
+void am_epoch_online(void) {
+  if (!t_exec || !t_offline) return;
+  t_offline = 0;
+  t_perm = 1;
+  pin(t_rec);
+}
+
+AM_APPROXIMATE_READS void am_epoch_stats(am_epoch_stats_t* out) {
+  uint64_t open_n = 0, open_bytes = 0, threads = 0;
+  open_totals(&open_n, &open_bytes);
+  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) threads += r->in_use;
+  out->epoch = g_epoch.load(std::memory_order_relaxed);
+  out->threads = threads;
+  out->reclaimed = g_reclaimed.load(std::memory_order_relaxed);
+  out->retired = g_retired.load(std::memory_order_relaxed) + open_n;
+  out->pending = out->retired - out->reclaimed;
+  out->pending_bytes = g_sealed_bytes.load(std::memory_order_relaxed) + open_bytes;
+  out->advances = g_advances.load(std::memory_order_relaxed);
+  out->failed_advances = g_failed.load(std::memory_order_relaxed);
+  out->stall_warnings = g_warnings.load(std::memory_order_relaxed);
+}
+
+}  // extern "C"

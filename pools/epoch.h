@@ -1,0 +1,92 @@
+// Epoch-based deferred reclamation. A reader pins the global epoch with a
+// plain store; a retired block waits in a batch until the epoch has
+// advanced twice past the batch's tag, which proves that no pin that could
+// have seen it remains. The reclaiming side pays for the ordering with
+// membarrier(2) (or a fence on both sides where the kernel lacks it).
+#pragma once
+#include <atomic>
+#include <cstdint>
+
+#include "allocator/config.h"
+
+namespace am::epoch {
+
+// Retirements per batch: a batch is 4 KiB, one block of amalloc's classes.
+constexpr uint32_t kBatch = 126;
+
+struct Entry {
+  void* p;
+  void (*fn)(void* p, void* ctx);  // nullptr: nothing to call
+  void* ctx;
+  uint32_t bytes;       // usable size of an amalloc block; 0 for am_epoch_defer
+  uint32_t free_after;  // 1: am_free(p) after fn
+};
+
+struct Batch {
+  Batch* next;
+  uint64_t tag;        // the epoch when sealed: reclaimable once epoch >= tag + 2
+  uint64_t seq;        // seal order, which barriers wait on
+  uint64_t bytes;      // sum of the entries' bytes
+  uint64_t opened_ms;  // when its first entry came
+  uint32_t n;
+  Entry e[kBatch];
+};
+
+// One per thread that pinned, retired or registered as an executor. Reused
+// after its thread exits; never freed, so a scan may walk the list without
+// a lock.
+struct alignas(64) Record {
+  std::atomic<uint64_t> state;     // (epoch << 1) | 1 while pinned, else 0
+  std::atomic<uint8_t> open_lock;  // guards `open` against barrier and stats
+  Batch* open;                     // retirements not sealed yet
+  Record* next;                    // every record, push only
+  int tid;                         // for the long-pin warning
+  uint8_t in_use;                  // under the registry lock
+  std::atomic<uint64_t> warned;    // the stale epoch already reported
+};
+
+extern std::atomic<uint64_t> g_epoch;
+// Chosen once, before the first record exists: readers use a compiler
+// barrier when the reclaimer can use membarrier, else a full fence.
+extern bool g_membarrier;
+extern std::atomic<uint64_t> g_sealed_batches;  // sealed, not reclaimed
+
+// The calling thread's state. `perm`: a registered executor that is online
+// counts as pinned at all times (quiescent-state mode).
+extern __thread Record* t_rec;
+extern __thread uint32_t t_nest;
+extern __thread uint8_t t_perm;
+
+Record* register_thread();
+// One line naming the function (and the pointer, if any).
+AM_COLD void misuse(const char* fn, const char* what, const void* p = nullptr);
+AM_NOINLINE void idle_slow(Record* r);
+
+AM_INLINE void pin(Record* r) {
+  r->state.store((g_epoch.load(std::memory_order_acquire) << 1) | 1, std::memory_order_relaxed);
+  // The store must be visible before this thread reads the structure.
+  if (g_membarrier)
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  else
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+AM_INLINE void enter() {
+  if (t_nest++ != 0 || t_perm) return;
+  Record* r = t_rec;
+  if (AM_UNLIKELY(r == nullptr)) r = register_thread();
+  pin(r);
+}
+
+AM_INLINE void leave() {
+  if (AM_UNLIKELY(t_nest == 0)) return misuse("am_epoch_exit", "the thread is not pinned; ignored");
+  if (--t_nest == 0 && !t_perm) t_rec->state.store(0, std::memory_order_release);
+}
+
+// The executor idle point's part: one TLS load for threads that never used
+// epochs.
+AM_INLINE void idle() {
+  if (Record* r = t_rec; AM_UNLIKELY(r != nullptr)) idle_slow(r);
+}
+
+}  // namespace am::epoch
