@@ -208,19 +208,19 @@ void wait_epoch(uint64_t target) {
 // inside synchronize reads nothing. False (and a report) inside a guard.
 template <class F>
 bool unpinned_wait(const char* fn, F wait) {
-  if (t_nest != 0 || t_reclaiming) {
-    misuse(fn, t_nest ? "called while pinned; returning at once"
-                      : "called from a deleter; returning at once");
+  if (t_nest != t_perm || t_reclaiming) {
+    misuse(fn, t_reclaiming ? "called from a deleter; returning at once"
+                            : "called while pinned; returning at once");
     return false;
   }
   bool was_perm = t_perm;
   if (was_perm) {
-    t_perm = 0;
+    t_perm = t_nest = 0;
     t_rec->state.store(0, std::memory_order_release);
   }
   wait();
   if (was_perm) {
-    t_perm = 1;
+    t_perm = t_nest = 1;
     pin(t_rec);
   }
   return true;
@@ -449,7 +449,7 @@ AM_COLD void misuse(const char* fn, const char* what, const void* p) {
 }
 
 AM_NOINLINE void idle_slow(Record* r) {
-  if (t_nest != 0) {
+  if (t_nest != t_perm) {
     // A guard that lives across a suspension point: the coroutine went to
     // sleep pinned, and this loop is about to block.
     misuse("am_executor_idle", "called while pinned (an epoch guard held across co_await?)");
@@ -517,20 +517,20 @@ void am_epoch_executor_register(void) {
   t_exec = 1;
   t_offline = 0;
   t_perm = 1;
-  if (t_nest == 0) pin(r);  // inside a guard, the guard's older pin stands
+  if (t_nest++ == 0) pin(r);  // inside a guard, the guard's older pin stands
 }
 
 void am_epoch_executor_unregister(void) {
   if (!t_exec) return;
+  if (t_perm && --t_nest == 0) t_rec->state.store(0, std::memory_order_release);
   t_exec = t_offline = t_perm = 0;
-  if (t_nest == 0) t_rec->state.store(0, std::memory_order_release);
 }
 
 void am_epoch_offline(void) {
   if (!t_exec || t_offline) return;
-  if (t_nest != 0) return misuse("am_epoch_offline", "called while pinned by a guard; ignored");
+  if (t_nest != 1) return misuse("am_epoch_offline", "called while pinned by a guard; ignored");
   t_offline = 1;
-  t_perm = 0;
+  t_perm = t_nest = 0;
   t_rec->state.store(0, std::memory_order_release);
 }
 
@@ -538,7 +538,7 @@ void am_epoch_online(void) {
   if (!t_exec || !t_offline) return;
   t_offline = 0;
   t_perm = 1;
-  pin(t_rec);
+  if (t_nest++ == 0) pin(t_rec);
 }
 
 AM_APPROXIMATE_READS void am_epoch_stats(am_epoch_stats_t* out) {

@@ -51,8 +51,9 @@ extern std::atomic<uint64_t> g_epoch;
 extern bool g_membarrier;
 extern std::atomic<uint64_t> g_sealed_batches;  // sealed, not reclaimed
 
-// The calling thread's state. `perm`: a registered executor that is online
-// counts as pinned at all times (quiescent-state mode).
+// The calling thread's state. `nest` counts its pins; a registered executor
+// that is online holds one of them for good (`perm` = 1): quiescent-state
+// mode, where guards nest inside.
 extern __thread Record* t_rec;
 extern __thread uint32_t t_nest;
 extern __thread uint8_t t_perm;
@@ -72,15 +73,16 @@ AM_INLINE void pin(Record* r) {
 }
 
 AM_INLINE void enter() {
-  if (t_nest++ != 0 || t_perm) return;
+  if (t_nest++ != 0) return;
   Record* r = t_rec;
   if (AM_UNLIKELY(r == nullptr)) r = register_thread();
   pin(r);
 }
 
 AM_INLINE void leave() {
-  if (AM_UNLIKELY(t_nest == 0)) return misuse("am_epoch_exit", "the thread is not pinned; ignored");
-  if (--t_nest == 0 && !t_perm) t_rec->state.store(0, std::memory_order_release);
+  if (AM_UNLIKELY(t_nest <= t_perm))
+    return misuse("am_epoch_exit", "the thread is not pinned; ignored");
+  if (--t_nest == 0) t_rec->state.store(0, std::memory_order_release);
 }
 
 // The executor idle point's part: one TLS load for threads that never used
