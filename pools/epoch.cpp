@@ -109,6 +109,24 @@ void seal_open(Record* r) {
   if (b) seal(b);
 }
 
+// Seals other threads' open batches that have waited this long, so that a
+// thread that retired a few nodes and then went quiet is not left behind.
+constexpr uint64_t kStaleOpenMs = 10;
+
+void seal_stale_open() {
+  uint64_t now = os_now_ms();
+  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) {
+    if (r->open_lock.exchange(1, std::memory_order_acquire)) continue;  // busy: next time
+    Batch* b = r->open;
+    if (b && now - b->opened_ms >= kStaleOpenMs)
+      r->open = nullptr;
+    else
+      b = nullptr;
+    unlock_open(r);
+    if (b) seal(b);
+  }
+}
+
 AM_COLD void warn_pinned(Record* r, uint64_t stale, uint64_t e) {
   uint64_t since = g_advanced_ms.load(std::memory_order_relaxed);
   uint64_t now = os_now_ms();
@@ -327,6 +345,7 @@ void open_entry(Record* r, const Entry& x) {
   unlock_open(r);
   if (!full) return;
   seal(b);
+  seal_stale_open();
   try_advance();
   reclaim();
   // Bound pending memory: wait for grace periods unless this thread's own
@@ -456,7 +475,15 @@ AM_NOINLINE void idle_slow(Record* r) {
   } else if (t_perm) {
     pin(r);  // the quiescent state
   }
-  if (Batch* b = r->open; b && os_now_ms() - b->opened_ms >= kSealAfterMs) seal_open(r);
+  // Under the lock: another thread may seal (and free) a stale open batch.
+  lock_open(r);
+  Batch* b = r->open;
+  if (b && os_now_ms() - b->opened_ms >= kSealAfterMs)
+    r->open = nullptr;
+  else
+    b = nullptr;
+  unlock_open(r);
+  if (b) seal(b);
   if (g_sealed_batches.load(std::memory_order_relaxed) == 0) return;
   uint64_t now = os_now_ms();
   if (now == g_last_idle_try_ms.load(std::memory_order_relaxed)) return;
