@@ -6,6 +6,7 @@
 #include <cstring>
 #include <utility>
 
+#include "allocator/background.h"
 #include "allocator/lock.h"
 #include "allocator/options.h"
 #include "allocator/os.h"
@@ -457,7 +458,20 @@ void heap_page_unfull(Heap* h, Page* pg) {
   queue_push_back(h, pg);
 }
 
+// The worker's share of the engine: purge and sweep (see background.cpp).
+uint64_t maintenance_tick(uint64_t now) {
+  if (pthread_mutex_trylock(&g_lock) != 0) return now + 1;  // busy: soon again
+  sweep_abandoned_locked(now);  // first: pages it empties are due after the delay
+  uint64_t next = segment_purge_locked(now, false);
+  // Abandoned pages still hold blocks that others will free: look again.
+  for (unsigned c = 0; c < kNumClasses && next == kNeverMs; c++)
+    if (g_abandoned[c]) next = now + g_options.purge_delay_ms + 1;
+  pthread_mutex_unlock(&g_lock);
+  return next;
+}
+
 void maintenance_maybe() {
+  background_maybe_start();
   uint64_t now = os_now_ms();
   if (now - g_last_purge_ms.load(std::memory_order_relaxed) <
       (g_options.purge_delay_ms + 1) / 2 + 1)

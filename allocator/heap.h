@@ -30,6 +30,8 @@ void heap_page_unfull(Heap* h, Page* pg);
 void heap_collect(Heap* h, bool force);
 // Purge and sweep abandoned pages if the purge delay has passed.
 void maintenance_maybe();
+// Purge what is due and sweep abandoned pages; returns when more falls due.
+uint64_t maintenance_tick(uint64_t now);
 
 // Heaps made by the application (am_heap_*). See amalloc.h for the rules.
 Heap* heap_new();

@@ -4,6 +4,7 @@
 
 #include <atomic>
 
+#include "allocator/background.h"
 #include "allocator/format.h"
 #include "allocator/heap.h"
 #include "allocator/lock.h"
@@ -24,6 +25,7 @@ void fork_parent() { pthread_mutex_unlock(&g_lock); }
 void fork_child() {
   pthread_mutex_init(&g_lock, nullptr);
   heap_fork_child();
+  background_fork_child();
 }
 
 void print_options() {
@@ -38,6 +40,8 @@ void print_options() {
       .num(g_options.purge_delay_ms)
       .str("ms segment_cache=")
       .num(g_options.segment_cache)
+      .str(" background=")
+      .num(g_options.background)
       .str(" epoch_warn=")
       .num(g_options.epoch_warn_ms)
       .str("ms\n")
@@ -68,9 +72,11 @@ __attribute__((constructor(101))) static void amalloc_start() {
     if (fd >= 0) g_report_fd = fd;
   }
   if (g_options.verbose) print_options();
+  background_allow();
 }
 
 __attribute__((destructor(101))) static void amalloc_end() {
+  background_stop();
   if (g_options.stats == kStatsText)
     stats_report(g_report_fd);
   else if (g_options.stats == kStatsJson)

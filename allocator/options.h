@@ -10,9 +10,12 @@ enum BadFreeMode : uint8_t { kBadFreeAbort = 0, kBadFreeReport = 1 };
 struct Options {
   uint8_t stats = kStatsOff;         // AMALLOC_STATS=0|1|json
   uint8_t bad_free = kBadFreeAbort;  // AMALLOC_BAD_FREE=abort|report
-  uint8_t verbose = 0;               // AMALLOC_VERBOSE=1: print the options at start
-  uint32_t purge_delay_ms = 100;     // AMALLOC_PURGE_DELAY=ms (0: purge at once)
-  uint32_t epoch_warn_ms = 1000;     // AMALLOC_EPOCH_WARN_MS: name a thread pinned this long (0: never)
+  uint8_t verbose = 0;
+  uint8_t background = 1;         // AMALLOC_BACKGROUND=0: no worker thread               //
+                                  // AMALLOC_VERBOSE=1: print the options at start
+  uint32_t purge_delay_ms = 100;  // AMALLOC_PURGE_DELAY=ms (0: purge at once)
+  uint32_t epoch_warn_ms =
+      1000;                     // AMALLOC_EPOCH_WARN_MS: name a thread pinned this long (0: never)
   uint32_t segment_cache = 64;  // AMALLOC_SEGMENT_CACHE=n empty 4 MiB segments kept mapped (purged)
 };
 

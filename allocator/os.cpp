@@ -1,6 +1,7 @@
 #include "allocator/os.h"
 
 #include <errno.h>
+#include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -146,6 +147,19 @@ void os_membarrier() {
 int os_gettid() { return static_cast<int>(syscall(SYS_gettid)); }
 
 void os_yield() { sched_yield(); }
+
+void os_futex_wait(std::atomic<uint32_t>* word, uint32_t expected, uint32_t timeout_ms) {
+  ErrnoGuard guard;
+  struct timespec ts = {static_cast<time_t>(timeout_ms / 1000),
+                        static_cast<long>(timeout_ms % 1000) * 1000000};
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, &ts, nullptr,
+          0);
+}
+
+void os_futex_wake(std::atomic<uint32_t>* word) {
+  ErrnoGuard guard;
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+}
 
 void os_sleep_us(uint32_t us) {
   ErrnoGuard guard;

@@ -1,5 +1,6 @@
 // The only place that talks to the kernel: mapping, purging, time, output.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -24,6 +25,9 @@ void os_membarrier();
 int os_gettid();
 // Give up the CPU: a yield for short waits, a sleep for long ones.
 void os_yield();
+// Sleep while *word == expected, at most timeout_ms; wake such sleepers.
+void os_futex_wait(std::atomic<uint32_t>* word, uint32_t expected, uint32_t timeout_ms);
+void os_futex_wake(std::atomic<uint32_t>* word);
 void os_sleep_us(uint32_t us);
 void os_write(int fd, const char* s, size_t n);
 

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "allocator/background.h"
 #include "allocator/heap.h"
 #include "allocator/options.h"
 #include "allocator/os.h"
@@ -155,6 +156,7 @@ void segment_give_back(Segment* s, uint64_t now) {
     if (s->dirty_end > s->mapped_size) s->dirty_end = s->mapped_size;
     s->cached_at = now;
     s->purged = 0;
+    background_kick();
     s->next = g_cache;
     g_cache = s;
     g_cache_bytes += s->mapped_size;
@@ -220,6 +222,7 @@ void segment_page_free_locked(Page* pg, uint64_t now) {
   pg->kind = kKindNone;
   pg->dirty = 1;
   pg->retired_at = now;
+  background_kick();
   pg->free = nullptr;
   pg->used = 0;
   pg->capacity = 0;
@@ -290,22 +293,31 @@ Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
   return r;
 }
 
-void segment_purge_locked(uint64_t now, bool force) {
+uint64_t segment_purge_locked(uint64_t now, bool force) {
   uint64_t delay = g_options.purge_delay_ms;
+  uint64_t next = kNeverMs;
   g_last_purge_ms.store(now, std::memory_order_relaxed);
   for (Segment* s = g_cache; s; s = s->next) {
-    if (!s->purged && (force || now - s->cached_at >= delay)) purge_cached(s);
+    if (s->purged) continue;
+    if (force || now - s->cached_at >= delay)
+      purge_cached(s);
+    else if (s->cached_at + delay < next)
+      next = s->cached_at + delay;
   }
   for (Segment* s = g_all; s; s = s->all_next) {
     if (s->kind == kSegLarge) continue;
     for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(page_slots(s))) {
       Page* pg = &s->pages[i];
-      if (!pg->in_use && pg->dirty && (force || now - pg->retired_at >= delay)) {
+      if (pg->in_use || !pg->dirty) continue;
+      if (force || now - pg->retired_at >= delay) {
         os_purge(page_area(s, pg), page_area_size(s));
         pg->dirty = 0;
+      } else if (pg->retired_at + delay < next) {
+        next = pg->retired_at + delay;
       }
     }
   }
+  return next;
 }
 
 AM_APPROXIMATE_READS SegmentTotals segment_totals_locked() {

@@ -72,8 +72,10 @@ void segment_large_free_locked(Segment* s, uint64_t now);
 // Remap a large/huge segment to `new_mapped` bytes (moving it if needed).
 Segment* segment_large_remap_locked(Segment* s, size_t new_mapped);
 // Return memory that has been free for longer than the purge delay (all
-// free memory when `force`).
-void segment_purge_locked(uint64_t now, bool force);
+// free memory when `force`). Returns when the next purge falls due
+// (kNeverMs: nothing is waiting).
+constexpr uint64_t kNeverMs = ~uint64_t{0};
+uint64_t segment_purge_locked(uint64_t now, bool force);
 
 struct SegmentTotals {
   uint64_t committed;

@@ -14,9 +14,11 @@
 
 #include <pthread.h>
 
+#include "allocator/background.h"
 #include "allocator/format.h"
 #include "allocator/options.h"
 #include "allocator/os.h"
+#include "allocator/segment.h"
 #include "allocator/stats.h"
 #include "amalloc/amalloc.h"
 
@@ -36,9 +38,9 @@ __thread uint8_t t_offline;     // ... and offline now
 __thread uint8_t t_reclaiming;  // running deleters
 
 // Above this many sealed, unreclaimed batches a retiring thread that is not
-// pinned waits for a grace period: pending memory stays bounded unless some
-// thread stays pinned.
+// pinned helps grace periods along for up to kMaxWaitMs (back-pressure).
 constexpr uint64_t kMaxSealed = 64;
+constexpr uint64_t kMaxWaitMs = 2;
 // The idle point seals its thread's open batch once it is this old.
 constexpr uint64_t kSealAfterMs = 1;
 
@@ -96,8 +98,11 @@ void append_sealed(Batch* b) {  // under g_mu
 void seal(Batch* b) {
   // The retirements' unlinks are visible before the tag is read.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  MuGuard g;
-  append_sealed(b);
+  {
+    MuGuard g;
+    append_sealed(b);
+  }
+  background_kick();
 }
 
 // Moves a record's open batch to the sealed list (another thread's too).
@@ -113,18 +118,26 @@ void seal_open(Record* r) {
 // thread that retired a few nodes and then went quiet is not left behind.
 constexpr uint64_t kStaleOpenMs = 10;
 
-void seal_stale_open() {
+// Returns when the oldest open batch left will be stale (kNeverMs: none).
+uint64_t seal_stale_open() {
   uint64_t now = os_now_ms();
+  uint64_t next = kNeverMs;
   for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) {
-    if (r->open_lock.exchange(1, std::memory_order_acquire)) continue;  // busy: next time
+    if (r->open_lock.exchange(1, std::memory_order_acquire)) {  // busy: soon again
+      next = now + 1;
+      continue;
+    }
     Batch* b = r->open;
-    if (b && now - b->opened_ms >= kStaleOpenMs)
+    if (b && now - b->opened_ms >= kStaleOpenMs) {
       r->open = nullptr;
-    else
+    } else {
+      if (b && b->opened_ms + kStaleOpenMs < next) next = b->opened_ms + kStaleOpenMs;
       b = nullptr;
+    }
     unlock_open(r);
     if (b) seal(b);
   }
+  return next;
 }
 
 AM_COLD void warn_pinned(Record* r, uint64_t stale, uint64_t e) {
@@ -299,12 +312,25 @@ void fork_child() {
 
 void stats_hook(int fd, bool json);
 
+// The worker's task: seal batches left open, advance, reclaim. A thread
+// that stays pinned makes advances fail: then look again only every 10 ms.
+uint64_t background_task(uint64_t now) {
+  uint64_t next = seal_stale_open();
+  if (g_sealed_batches.load(std::memory_order_relaxed) == 0) return next;
+  bool advanced = try_advance();
+  reclaim();
+  if (g_sealed_batches.load(std::memory_order_relaxed) == 0) return next;
+  uint64_t again = now + (advanced ? 1 : 10);
+  return again < next ? again : next;
+}
+
 void init_once() {
   g_membarrier = os_membarrier_register();
   g_advanced_ms.store(os_now_ms(), std::memory_order_relaxed);
   pthread_key_create(&g_key, thread_exit);
   pthread_atfork(fork_prepare, fork_parent, fork_child);
   stats_add_hook(stats_hook);
+  background_add_task(background_task);
 }
 
 Record* new_record() {  // under g_mu
@@ -337,6 +363,7 @@ void open_entry(Record* r, const Entry& x) {
     b->bytes = 0;
     b->opened_ms = os_now_ms();
     r->open = b;
+    background_kick();  // the worker seals it if this thread goes quiet
   }
   b->e[b->n++] = x;
   b->bytes += x.bytes;
@@ -348,13 +375,16 @@ void open_entry(Record* r, const Entry& x) {
   seal_stale_open();
   try_advance();
   reclaim();
-  // Bound pending memory: wait for grace periods unless this thread's own
-  // pin is what holds them up.
-  if (g_sealed_batches.load(std::memory_order_relaxed) > kMaxSealed && t_nest == 0 && !t_perm &&
+  // Back-pressure: with too much pending, spend up to kMaxWaitMs helping
+  // grace periods along. Never longer: the pinned thread that holds them up
+  // may be waiting for this one.
+  if (g_sealed_batches.load(std::memory_order_relaxed) > kMaxSealed && t_nest == 0 &&
       !t_reclaiming) {
-    for (uint32_t round = 0; g_sealed_batches.load(std::memory_order_relaxed) > kMaxSealed / 2;
+    uint64_t start = os_now_ms();
+    for (uint32_t round = 0; g_sealed_batches.load(std::memory_order_relaxed) > kMaxSealed / 2 &&
+                             os_now_ms() - start < kMaxWaitMs;
          round++) {
-      if (!try_advance()) backoff(round);
+      if (!try_advance()) backoff(round < 64 ? round : 64);
       reclaim();
     }
   }

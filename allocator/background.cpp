@@ -1,0 +1,134 @@
+// The background worker. It is started lazily from a slow path (with no
+// lock held) once constructors have run; pthread_create allocates the new
+// thread's DTV with calloc, which re-enters amalloc as an ordinary call
+// because the state is already "starting". All signals are blocked on it.
+// It sleeps on a futex until the earliest due time its tasks report, at
+// most kIdleWaitMs: an idle process sees one wake-up a second.
+#include "allocator/background.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include "allocator/heap.h"
+#include "allocator/options.h"
+#include "allocator/os.h"
+#include "allocator/segment.h"
+
+namespace am {
+
+std::atomic<uint8_t> g_bg_state{0};
+
+namespace {
+
+constexpr int kMaxTasks = 4;
+constexpr uint32_t kIdleWaitMs = 1000;
+constexpr size_t kStack = 256 * 1024;
+
+std::atomic<BackgroundTask> g_tasks[kMaxTasks];
+std::atomic<uint32_t> g_word;       // the futex: bumped to wake the worker
+std::atomic<uint8_t> g_long_sleep;  // asleep with nothing due
+std::atomic<uint8_t> g_stop;
+std::atomic<uint8_t> g_allowed;
+std::atomic<uint8_t> g_running;  // a thread exists to join
+std::atomic<uint64_t> g_ticks;
+pthread_t g_thread;
+
+uint64_t tick(uint64_t now) {
+  uint64_t next = maintenance_tick(now);
+  for (auto& t : g_tasks)
+    if (BackgroundTask f = t.load(std::memory_order_acquire)) {
+      uint64_t n = f(now);
+      if (n < next) next = n;
+    }
+  g_ticks.fetch_add(1, std::memory_order_relaxed);
+  return next;
+}
+
+void* worker(void*) {
+  pthread_setname_np(pthread_self(), "amalloc-bg");
+  while (!g_stop.load(std::memory_order_acquire)) {
+    uint64_t next = tick(os_now_ms());
+    uint64_t now = os_now_ms();
+    uint32_t wait = kIdleWaitMs;
+    if (next == kNeverMs) {
+      // A kick after this store either finds the flag (and bumps the word
+      // we are about to wait on) or came before it and cleared it.
+      g_long_sleep.store(1, std::memory_order_seq_cst);
+    } else if (next <= now) {
+      wait = 1;
+    } else if (next - now < kIdleWaitMs) {
+      wait = static_cast<uint32_t>(next - now);
+    }
+    uint32_t w = g_word.load(std::memory_order_seq_cst);
+    if (next == kNeverMs && !g_long_sleep.load(std::memory_order_seq_cst)) continue;  // kicked
+    if (!g_stop.load(std::memory_order_acquire)) os_futex_wait(&g_word, w, wait);
+    g_long_sleep.store(0, std::memory_order_relaxed);
+  }
+  return nullptr;
+}
+
+void wake() {
+  g_word.fetch_add(1, std::memory_order_seq_cst);
+  os_futex_wake(&g_word);
+}
+
+}  // namespace
+
+void background_add_task(BackgroundTask task) {
+  for (auto& t : g_tasks) {
+    BackgroundTask expected = nullptr;
+    if (t.compare_exchange_strong(expected, task, std::memory_order_acq_rel)) return;
+  }
+}
+
+void background_start() {
+  if (!g_allowed.load(std::memory_order_acquire)) return;  // too early: next slow path
+  uint8_t expected = 0;
+  if (!g_bg_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) return;
+  if (!g_options.background) {
+    g_bg_state.store(2, std::memory_order_release);
+    return;
+  }
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, kStack);
+  g_stop.store(0, std::memory_order_relaxed);
+  int rc = pthread_create(&g_thread, &attr, worker, nullptr);
+  pthread_attr_destroy(&attr);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (rc == 0)
+    g_running.store(1, std::memory_order_release);
+  else
+    g_bg_state.store(2, std::memory_order_release);  // the slow paths keep the work
+}
+
+void background_kick() {
+  if (g_long_sleep.load(std::memory_order_relaxed) &&
+      g_long_sleep.exchange(0, std::memory_order_seq_cst))
+    wake();
+}
+
+void background_allow() { g_allowed.store(1, std::memory_order_release); }
+
+void background_stop() {
+  if (!g_running.exchange(0, std::memory_order_acq_rel)) return;
+  g_stop.store(1, std::memory_order_release);
+  wake();
+  if (!pthread_equal(pthread_self(), g_thread)) pthread_join(g_thread, nullptr);
+  g_bg_state.store(2, std::memory_order_release);
+}
+
+void background_fork_child() {
+  g_running.store(0, std::memory_order_relaxed);
+  g_long_sleep.store(0, std::memory_order_relaxed);
+  g_stop.store(0, std::memory_order_relaxed);
+  if (g_bg_state.load(std::memory_order_relaxed) == 1)
+    g_bg_state.store(0, std::memory_order_relaxed);
+}
+
+uint64_t background_ticks() { return g_ticks.load(std::memory_order_relaxed); }
+
+}  // namespace am

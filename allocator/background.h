@@ -1,0 +1,33 @@
+// The background worker: one thread per process that purges memory past
+// the purge delay, sweeps pages of exited threads, and runs the tasks of
+// the layers above (the epoch collector's reclamation) on a timer, so that
+// a process that stops allocating still gives memory back.
+#pragma once
+#include <atomic>
+#include <cstdint>
+
+namespace am {
+
+// A periodic task: does what is due at `now` (ms) and returns when it next
+// has work (kNeverMs: none). Runs on the worker, with no lock held.
+using BackgroundTask = uint64_t (*)(uint64_t now);
+void background_add_task(BackgroundTask task);
+
+// 0: not started, 1: starting or running, 2: disabled or stopped.
+extern std::atomic<uint8_t> g_bg_state;
+void background_start();
+// Called from slow paths (never with g_lock held): starts the worker on
+// first use, once the process's constructors have run.
+inline void background_maybe_start() {
+  if (__builtin_expect(g_bg_state.load(std::memory_order_relaxed) == 0, 0)) background_start();
+}
+// New work arrived while the worker may be in its long sleep: wake it.
+// Cheap when it is awake (one load).
+void background_kick();
+// Constructors have run: starting a thread is safe from now on.
+void background_allow();
+void background_stop();        // at exit: stop and join
+void background_fork_child();  // the child has no worker; it restarts lazily
+uint64_t background_ticks();   // for stats and tests
+
+}  // namespace am

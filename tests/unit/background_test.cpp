@@ -1,0 +1,189 @@
+// The background worker: memory freed by a process that then makes no
+// allocator call at all is returned to the OS within the purge delay plus a
+// tick; with AMALLOC_BACKGROUND=0 the idle point does the same work; the
+// worker restarts in a fork child; pages of an exited thread that others
+// freed are swept without any call. Each case runs in a fresh process
+// (options are read once), with AMALLOC_PURGE_DELAY=50.
+#include <dirent.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "amalloc/amalloc.h"
+#include "amalloc_test_support.h"
+#include "gtest/gtest.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr std::size_t kBlock = 4096;
+constexpr std::size_t kCount = 8192;  // 32 MiB of small blocks
+
+bool worker_thread_exists() {
+  DIR* d = opendir("/proc/self/task");
+  if (!d) return false;
+  bool found = false;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::string path = "/proc/self/task/";
+    path += e->d_name;
+    path += "/comm";
+    std::ifstream comm(path);
+    std::string name;
+    std::getline(comm, name);
+    if (name == "amalloc-bg") found = true;
+  }
+  closedir(d);
+  return found;
+}
+
+std::vector<void*> fill() {
+  std::vector<void*> v;
+  v.reserve(kCount);
+  for (std::size_t i = 0; i < kCount; i++) {
+    void* p = am_malloc(kBlock);
+    std::memset(p, 0x77, kBlock);
+    v.push_back(p);
+  }
+  return v;
+}
+
+// Prints "RSS <before> <peak> <after>" in KiB: after the frees the program
+// sleeps `quiet` without calling the allocator (or calls `during` if set).
+void report(std::size_t before, std::size_t peak, std::size_t after) {
+  std::printf("RSS %zu %zu %zu\n", before / 1024, peak / 1024, after / 1024);
+  std::printf("WORKER %d\n", worker_thread_exists() ? 1 : 0);
+}
+
+struct Rss {
+  std::size_t before = 0, peak = 0, after = 0;
+  int worker = -1;
+};
+
+Rss parse(const std::string& out) {
+  Rss r;
+  std::sscanf(out.c_str() + out.find("RSS "), "RSS %zu %zu %zu", &r.before, &r.peak, &r.after);
+  auto w = out.find("WORKER ");
+  if (w != std::string::npos) r.worker = out[w + 7] - '0';
+  return r;
+}
+
+}  // namespace
+
+AMT_SCENARIO(bg_quiet_process) {
+  std::size_t before = amt::rss_bytes();
+  std::vector<void*> v = fill();
+  std::size_t peak = amt::rss_bytes();
+  for (void* p : v) am_free(p);
+  std::this_thread::sleep_for(1200ms);  // no allocator call from here on
+  report(before, peak, amt::rss_bytes());
+  return 0;
+}
+
+AMT_SCENARIO(bg_idle_point) {
+  std::size_t before = amt::rss_bytes();
+  std::vector<void*> v = fill();
+  std::size_t peak = amt::rss_bytes();
+  for (void* p : v) am_free(p);
+  std::this_thread::sleep_for(200ms);  // past the delay: nothing happens by itself
+  std::printf("QUIET %zu\n", amt::rss_bytes() / 1024);
+  for (int i = 0; i < 64; i++) am_executor_idle();  // the purge check runs every 64th call
+  report(before, peak, amt::rss_bytes());
+  return 0;
+}
+
+// Blocks of a thread that exited, freed by the main thread; then silence.
+AMT_SCENARIO(bg_exited_owner) {
+  std::size_t before = amt::rss_bytes();
+  std::vector<void*> v;
+  std::thread([&] { v = fill(); }).join();
+  std::size_t peak = amt::rss_bytes();
+  for (void* p : v) am_free(p);
+  std::this_thread::sleep_for(1200ms);
+  report(before, peak, amt::rss_bytes());
+  return 0;
+}
+
+// The child of a fork has no worker until its first slow path; then it does
+// the same work as the parent's.
+AMT_SCENARIO(bg_fork_child) {
+  am_free(am_malloc(1 << 20));  // a slow path: the parent's worker starts
+  std::this_thread::sleep_for(50ms);
+  if (!worker_thread_exists()) return 3;
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (worker_thread_exists()) _exit(4);
+    std::size_t before = amt::rss_bytes();
+    std::vector<void*> v = fill();
+    std::size_t peak = amt::rss_bytes();
+    for (void* p : v) am_free(p);
+    std::this_thread::sleep_for(1200ms);
+    report(before, peak, amt::rss_bytes());
+    std::fflush(stdout);
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 5;
+}
+
+namespace {
+
+// At most a quarter of the 32 MiB may stay resident.
+void expect_given_back(const Rss& r, const amt::ChildResult& c) {
+  ASSERT_GT(r.peak, r.before + 24 * 1024) << c.describe();
+  EXPECT_LT(r.after, r.before + 8 * 1024)
+      << "RSS did not fall after the frees (KiB: before " << r.before << ", peak " << r.peak
+      << ", after " << r.after << ")\n"
+      << c.describe();
+}
+
+const std::vector<std::pair<std::string, std::string>> kEnv = {{"AMALLOC_PURGE_DELAY", "50"},
+                                                               {"AMALLOC_BACKGROUND", ""}};
+
+}  // namespace
+
+TEST(Background, QuietProcessGivesMemoryBack) {
+  auto c = amt::run_scenario("bg_quiet_process", kEnv);
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  Rss r = parse(c.out);
+  EXPECT_EQ(r.worker, 1) << "no amalloc-bg thread\n" << c.describe();
+  expect_given_back(r, c);
+}
+
+TEST(Background, OffMeansNoThreadAndTheIdlePointPurges) {
+  auto c = amt::run_scenario("bg_idle_point",
+                             {{"AMALLOC_PURGE_DELAY", "50"}, {"AMALLOC_BACKGROUND", "0"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  Rss r = parse(c.out);
+  EXPECT_EQ(r.worker, 0) << "AMALLOC_BACKGROUND=0 started a thread\n" << c.describe();
+  std::size_t quiet = 0;
+  std::sscanf(c.out.c_str() + c.out.find("QUIET "), "QUIET %zu", &quiet);
+  EXPECT_GT(quiet, r.before + 24 * 1024) << "without the worker, nothing should purge by itself\n"
+                                         << c.describe();
+  expect_given_back(r, c);
+}
+
+TEST(Background, PagesOfAnExitedThreadAreSweptWithoutCalls) {
+  auto c = amt::run_scenario("bg_exited_owner", kEnv);
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  expect_given_back(parse(c.out), c);
+}
+
+TEST(Background, ForkChildRestartsTheWorker) {
+  auto c = amt::run_scenario("bg_fork_child", kEnv);
+  ASSERT_TRUE(c.exited_ok()) << "exit code 3: no worker in the parent, 4: a worker in the child "
+                                "before any allocation\n"
+                             << c.describe();
+  Rss r = parse(c.out);
+  EXPECT_EQ(r.worker, 1) << c.describe();
+  expect_given_back(r, c);
+}
