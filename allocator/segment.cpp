@@ -12,6 +12,7 @@ namespace am {
 
 alignas(64) uint8_t g_segmap[kSegmapSize];
 std::atomic<uint64_t> g_last_purge_ms;
+std::atomic<uint64_t> g_dirty_bytes;
 
 namespace {
 
@@ -293,31 +294,69 @@ Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
   return r;
 }
 
-uint64_t segment_purge_locked(uint64_t now, bool force) {
-  uint64_t delay = g_options.purge_delay_ms;
-  uint64_t next = kNeverMs;
-  g_last_purge_ms.store(now, std::memory_order_relaxed);
-  for (Segment* s = g_cache; s; s = s->next) {
-    if (s->purged) continue;
-    if (force || now - s->cached_at >= delay)
-      purge_cached(s);
-    else if (s->cached_at + delay < next)
-      next = s->cached_at + delay;
-  }
+namespace {
+
+// What of `total` is left after `dt` ms of halving every `half` ms; 2^-x is
+// taken linearly between whole halvings (within 9%).
+uint64_t decayed(uint64_t total, uint64_t dt, uint64_t half) {
+  uint64_t h = dt / half;
+  if (h >= 63) return 0;
+  uint64_t left = total >> h;
+  return left - left * (dt % half) / (2 * half);
+}
+
+// Calls f(bytes, age, purge) for every resident free unit: a cached segment
+// that is not purged, or a free page slot that is dirty.
+template <class F>
+void for_each_dirty(uint64_t now, F f) {
+  for (Segment* s = g_cache; s; s = s->next)
+    if (!s->purged) f(s->dirty_end, now - s->cached_at, [s] { purge_cached(s); });
   for (Segment* s = g_all; s; s = s->all_next) {
     if (s->kind == kSegLarge) continue;
     for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(page_slots(s))) {
       Page* pg = &s->pages[i];
       if (pg->in_use || !pg->dirty) continue;
-      if (force || now - pg->retired_at >= delay) {
+      f(page_area_size(s), now - pg->retired_at, [s, pg] {
         os_purge(page_area(s, pg), page_area_size(s));
         pg->dirty = 0;
-      } else if (pg->retired_at + delay < next) {
-        next = pg->retired_at + delay;
-      }
+      });
     }
   }
-  return next;
+}
+
+}  // namespace
+
+// Purge with decay: free memory stays resident for reuse, but its amount
+// halves every purge delay, oldest first, so RSS falls smoothly after a
+// burst and a burst that comes back soon finds memory still there. Nothing
+// younger than a quarter of the delay goes (no thrashing within a burst);
+// nothing older than eight delays stays.
+uint64_t segment_purge_locked(uint64_t now, bool force) {
+  uint64_t delay = g_options.purge_delay_ms;
+  uint64_t last = g_last_purge_ms.exchange(now, std::memory_order_relaxed);
+  if (force || delay == 0) {
+    for_each_dirty(now, [](size_t, uint64_t, auto purge) { purge(); });
+    g_dirty_bytes.store(0, std::memory_order_relaxed);
+    return kNeverMs;
+  }
+  uint64_t total = 0;
+  for_each_dirty(now, [&](size_t bytes, uint64_t, auto) { total += bytes; });
+  uint64_t dt = now > last ? now - last : 0;
+  uint64_t budget = total - decayed(total, dt, delay);
+  // Oldest first: passes over falling age thresholds until the budget is met.
+  for (uint64_t min_age = 8 * delay; min_age >= delay / 4 && min_age > 0; min_age /= 2) {
+    for_each_dirty(now, [&](size_t bytes, uint64_t age, auto purge) {
+      if (age < min_age || (budget == 0 && age < 8 * delay)) return;
+      purge();
+      total -= bytes;
+      budget = budget > bytes ? budget - bytes : 0;
+    });
+    if (budget == 0) break;
+  }
+  g_dirty_bytes.store(total, std::memory_order_relaxed);
+  if (total == 0) return kNeverMs;
+  uint64_t step = delay / 8 > 2 ? delay / 8 : 2;
+  return now + step;
 }
 
 AM_APPROXIMATE_READS SegmentTotals segment_totals_locked() {

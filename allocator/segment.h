@@ -88,5 +88,7 @@ SegmentTotals segment_totals_locked();
 
 // When the last purge pass ran (read without the lock by maintenance_maybe).
 extern std::atomic<uint64_t> g_last_purge_ms;
+// Free memory still resident after the last purge pass (it decays).
+extern std::atomic<uint64_t> g_dirty_bytes;
 
 }  // namespace am

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include "allocator/background.h"
 #include "allocator/format.h"
 #include "allocator/heap.h"
 #include "allocator/lock.h"
@@ -61,6 +62,8 @@ extern "C" void am_stats_get(am_stats_t* out) {
   out->large_allocs = rd(g_os_stats.large_allocs);
   out->remaps = rd(g_os_stats.huge_remaps);
   out->purge_calls = rd(g_os_stats.purge_calls);
+  out->dirty_bytes = rd(g_dirty_bytes);
+  out->background_ticks = background_ticks();
 }
 
 namespace am {
@@ -100,7 +103,10 @@ void stats_report(int fd) {
       .bytes(s.purged_bytes)
       .str(" purged in ")
       .num(s.purge_calls)
-      .str(" calls\n");
+      .str(" calls, ")
+      .bytes(s.dirty_bytes)
+      .str(" free and resident\n");
+  o.str("  worker:     ").num(s.background_ticks).str(" passes\n");
   o.str("  threads:    ")
       .num(s.heaps_created)
       .str(" heaps made, ")
@@ -147,6 +153,8 @@ void stats_report_json(int fd) {
   field("large_allocs", s.large_allocs);
   field("remaps", s.remaps);
   field("purge_calls", s.purge_calls);
+  field("dirty_bytes", s.dirty_bytes);
+  field("background_ticks", s.background_ticks);
   o.flush(fd);
   run_hooks(fd, true);  // they add their fields
   o.str("}\n").flush(fd);

@@ -64,7 +64,9 @@ AM_COLD void misuse(const char* fn, const char* what, const void* p = nullptr);
 AM_NOINLINE void idle_slow(Record* r);
 
 AM_INLINE void pin(Record* r) {
-  r->state.store((g_epoch.load(std::memory_order_acquire) << 1) | 1, std::memory_order_relaxed);
+  // Release (a plain store on x86): a reclaimer that reads this pin also
+  // sees everything this thread read under its earlier pins.
+  r->state.store((g_epoch.load(std::memory_order_acquire) << 1) | 1, std::memory_order_release);
   // The store must be visible before this thread reads the structure.
   if (g_membarrier)
     std::atomic_signal_fence(std::memory_order_seq_cst);

@@ -190,23 +190,25 @@ AM_API void am_collect(int force);
 /* Counters for the whole process. Byte figures are approximate while other
  * threads allocate. */
 typedef struct am_stats_s {
-  uint64_t reserved_bytes;  /* address space mapped from the OS */
-  uint64_t committed_bytes; /* mapped and not purged (an upper bound of RSS) */
-  uint64_t in_use_bytes;    /* bytes in live blocks (block sizes, not requests) */
-  uint64_t segments;        /* live segments (small, medium, large and huge) */
-  uint64_t pages_in_use;    /* small and medium pages that hold blocks */
-  uint64_t large_blocks;    /* live blocks that own a whole segment */
-  uint64_t mmap_calls;      /* mappings made (including mremap) */
-  uint64_t munmap_calls;    /* mappings released */
-  uint64_t purged_bytes;    /* bytes returned with madvise over the lifetime */
-  uint64_t remote_frees;    /* frees of blocks owned by another thread */
-  uint64_t heaps_created;   /* thread heaps made */
-  uint64_t heaps_abandoned; /* thread heaps given up at thread exit or fork */
-  uint64_t pages_adopted;   /* pages taken over from exited threads */
-  uint64_t bad_frees;       /* invalid or double frees detected */
-  uint64_t large_allocs;    /* blocks above 64 KiB made over the lifetime */
-  uint64_t remaps;          /* huge blocks moved or resized with mremap */
-  uint64_t purge_calls;     /* madvise calls that returned memory */
+  uint64_t reserved_bytes;   /* address space mapped from the OS */
+  uint64_t committed_bytes;  /* mapped and not purged (an upper bound of RSS) */
+  uint64_t in_use_bytes;     /* bytes in live blocks (block sizes, not requests) */
+  uint64_t segments;         /* live segments (small, medium, large and huge) */
+  uint64_t pages_in_use;     /* small and medium pages that hold blocks */
+  uint64_t large_blocks;     /* live blocks that own a whole segment */
+  uint64_t mmap_calls;       /* mappings made (including mremap) */
+  uint64_t munmap_calls;     /* mappings released */
+  uint64_t purged_bytes;     /* bytes returned with madvise over the lifetime */
+  uint64_t remote_frees;     /* frees of blocks owned by another thread */
+  uint64_t heaps_created;    /* thread heaps made */
+  uint64_t heaps_abandoned;  /* thread heaps given up at thread exit or fork */
+  uint64_t pages_adopted;    /* pages taken over from exited threads */
+  uint64_t bad_frees;        /* invalid or double frees detected */
+  uint64_t large_allocs;     /* blocks above 64 KiB made over the lifetime */
+  uint64_t remaps;           /* huge blocks moved or resized with mremap */
+  uint64_t purge_calls;      /* madvise calls that returned memory */
+  uint64_t dirty_bytes;      /* free but still resident, decaying (at the last purge pass) */
+  uint64_t background_ticks; /* passes of the background worker */
 } am_stats_t;
 
 AM_API void am_stats_get(am_stats_t* out);
