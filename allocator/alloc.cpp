@@ -7,6 +7,7 @@
 #include "allocator/alloc_inline.h"
 #include "allocator/api.h"
 #include "allocator/large.h"
+#include "allocator/predict.h"
 #include "amalloc/amalloc.h"
 
 namespace am {
@@ -182,5 +183,35 @@ int am_owns(const void* p) {
 }
 
 void am_collect(int force) { heap_collect(t_heap, force != 0); }
+
+size_t am_prefill(size_t size, size_t count) {
+  if (size == 0 || count == 0) return 0;
+  if (size <= kMediumMax) {
+    Heap* h = t_heap;
+    if (h == &g_empty_heap && !(h = heap_get())) return 0;
+    unsigned cls = size_to_class(size);
+    size_t area = class_is_small(cls) ? kSlotSize : kSlotSize * kMediumSpan;
+    size_t per_page = area / kClassSize[cls];
+    size_t made = prefill(h, cls, (count + per_page - 1) / per_page) * per_page;
+    return made < count ? made : count;
+  }
+  // Large blocks: map and fault them in, then free them into the segment
+  // cache, chained through their first words.
+  void* chain = nullptr;
+  size_t made = 0;
+  for (; made < count; made++) {
+    auto* p = static_cast<uint8_t*>(am_malloc(size));
+    if (!p) break;
+    for (size_t off = 0; off < size; off += kOsPage) static_cast<volatile uint8_t*>(p)[off] = 0;
+    *reinterpret_cast<void**>(p) = chain;
+    chain = p;
+  }
+  while (chain) {
+    void* next = *static_cast<void**>(chain);
+    am_free(chain);
+    chain = next;
+  }
+  return made;
+}
 
 }  // extern "C"

@@ -1,4 +1,6 @@
-// The background worker. It is started lazily from a slow path (with no
+// The background worker: purge with decay and the sweep of abandoned pages
+// (maintenance_tick), demand-predictive page building (predict_tick), and
+// the tasks of the layers above. It is started lazily from a slow path (with no
 // lock held) once constructors have run; pthread_create allocates the new
 // thread's DTV with calloc, which re-enters amalloc as an ordinary call
 // because the state is already "starting". All signals are blocked on it.
@@ -12,6 +14,7 @@
 #include "allocator/heap.h"
 #include "allocator/options.h"
 #include "allocator/os.h"
+#include "allocator/predict.h"
 #include "allocator/segment.h"
 
 namespace am {
@@ -35,6 +38,7 @@ pthread_t g_thread;
 
 uint64_t tick(uint64_t now) {
   uint64_t next = maintenance_tick(now);
+  if (uint64_t n = predict_tick(now); n < next) next = n;
   for (auto& t : g_tasks)
     if (BackgroundTask f = t.load(std::memory_order_acquire)) {
       uint64_t n = f(now);

@@ -11,6 +11,7 @@
 #include "allocator/options.h"
 #include "allocator/os.h"
 #include "allocator/page.h"
+#include "allocator/predict.h"
 #include "allocator/segment.h"
 #include "allocator/stats.h"
 
@@ -176,8 +177,19 @@ void sweep_abandoned_locked(uint64_t now) {
   }
 }
 
-// A page for class `cls`: one abandoned by an exited thread, or a fresh one.
+// Demand for the predictor: pages that would have faulted (only this
+// thread writes the count).
+static void count_cold_page(Heap* h, unsigned cls) {
+  h->new_pages[cls].store(h->new_pages[cls].load(std::memory_order_relaxed) + 1,
+                          std::memory_order_relaxed);
+  background_kick();
+}
+
+// A page for class `cls`, from the cheapest source first: one abandoned by
+// an exited thread, a free slot whose memory is still resident, one the
+// predictor made ready, and last a slot that will fault.
 Page* page_new(Heap* h, unsigned cls) {
+  uint8_t kind = class_is_small(cls) ? kKindSmall : kKindMedium;
   Page* pg;
   bool adopted = false;
   {
@@ -189,9 +201,19 @@ Page* page_new(Heap* h, unsigned cls) {
       g_abandoned[cls] = pg->next;
       adopted = true;
     } else {
-      pg = segment_page_alloc_locked(class_is_small(cls) ? kKindSmall : kKindMedium);
-      if (!pg) return nullptr;
+      pg = segment_page_alloc_locked(kind, true);
     }
+  }
+  if (!pg) {
+    // Every page from here on is demand the predictor serves.
+    count_cold_page(h, cls);
+    if ((pg = ready_take(h, cls))) {
+      queue_push_back(h, pg);
+      return pg;
+    }
+    LockGuard g;
+    pg = segment_page_alloc_locked(kind);
+    if (!pg) return nullptr;
   }
   if (adopted) {
     pg->heap.store(h, std::memory_order_release);
@@ -272,6 +294,7 @@ void heap_abandon_locked(Heap* h) {
   }
   // Large blocks stay valid and belong to no heap from now on.
   while (Segment* s = h->large) heap_large_unlink_locked(s);
+  ready_drop_locked(h, now);
   heap_reset(h);
   h->live = 0;
   h->is_default = 0;
@@ -355,6 +378,7 @@ void heap_destroy(Heap* h) {
   };
   for (unsigned c = 0; c < kNumClasses; c++) drop(h->queues[c].first);
   drop(h->full);
+  ready_drop_locked(h, now);
   while (Segment* s = h->large) {
     heap_large_unlink_locked(s);
     s->pages[0].in_use = 0;
@@ -443,6 +467,10 @@ void* heap_alloc_class(Heap* h, unsigned cls) {
     }
   }
 }
+
+Heap* heaps_first_locked() { return g_heaps; }
+
+void heap_queue_page(Heap* h, Page* pg) { queue_push_back(h, pg); }
 
 void heap_page_empty(Heap* h, Page* pg) {
   queue_remove(h, pg);

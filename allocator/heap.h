@@ -30,6 +30,10 @@ void heap_page_unfull(Heap* h, Page* pg);
 void heap_collect(Heap* h, bool force);
 // Purge and sweep abandoned pages if the purge delay has passed.
 void maintenance_maybe();
+// Every heap ever made, linked by `next` (for the worker). Under g_lock.
+Heap* heaps_first_locked();
+// Put a page of the owner's at the back of its class queue.
+void heap_queue_page(Heap* h, Page* pg);
 // Purge what is due and sweep abandoned pages; returns when more falls due.
 uint64_t maintenance_tick(uint64_t now);
 

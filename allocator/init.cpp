@@ -42,6 +42,8 @@ void print_options() {
       .num(g_options.segment_cache)
       .str(" background=")
       .num(g_options.background)
+      .str(" predict=")
+      .num(g_options.predict)
       .str(" epoch_warn=")
       .num(g_options.epoch_warn_ms)
       .str("ms\n")

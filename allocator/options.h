@@ -8,15 +8,23 @@ enum StatsMode : uint8_t { kStatsOff = 0, kStatsText = 1, kStatsJson = 2 };
 enum BadFreeMode : uint8_t { kBadFreeAbort = 0, kBadFreeReport = 1 };
 
 struct Options {
-  uint8_t stats = kStatsOff;         // AMALLOC_STATS=0|1|json
-  uint8_t bad_free = kBadFreeAbort;  // AMALLOC_BAD_FREE=abort|report
+  // AMALLOC_STATS=0|1|json
+  uint8_t stats = kStatsOff;
+  // AMALLOC_BAD_FREE=abort|report
+  uint8_t bad_free = kBadFreeAbort;
+  // AMALLOC_VERBOSE=1: print the options at start
   uint8_t verbose = 0;
-  uint8_t background = 1;         // AMALLOC_BACKGROUND=0: no worker thread               //
-                                  // AMALLOC_VERBOSE=1: print the options at start
-  uint32_t purge_delay_ms = 100;  // AMALLOC_PURGE_DELAY=ms (0: purge at once)
-  uint32_t epoch_warn_ms =
-      1000;                     // AMALLOC_EPOCH_WARN_MS: name a thread pinned this long (0: never)
-  uint32_t segment_cache = 64;  // AMALLOC_SEGMENT_CACHE=n empty 4 MiB segments kept mapped (purged)
+  // AMALLOC_BACKGROUND=0: no worker thread
+  uint8_t background = 1;
+  // AMALLOC_PREDICT=1: the worker builds pages ahead of bursts (off by
+  // default: it costs a few MiB in loops that keep taking cold pages)
+  uint8_t predict = 0;
+  // AMALLOC_PURGE_DELAY=ms: the half-life of free resident memory (0: purge at once)
+  uint32_t purge_delay_ms = 100;
+  // AMALLOC_EPOCH_WARN_MS=ms: name a thread pinned this long (0: never)
+  uint32_t epoch_warn_ms = 1000;
+  // AMALLOC_SEGMENT_CACHE=n: empty 4 MiB segments kept mapped (purged)
+  uint32_t segment_cache = 64;
 };
 
 extern Options g_options;

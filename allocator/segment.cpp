@@ -189,8 +189,9 @@ Page* page_lookup(uintptr_t a) {
   return page_resolve(slot_page(a));
 }
 
-Page* segment_page_alloc_locked(uint8_t kind) {
+Page* segment_page_alloc_locked(uint8_t kind, bool resident_only) {
   Segment* s = g_partial[kind];
+  if (!s && resident_only) return nullptr;
   if (!s) {
     s = segment_take(kind == kKindSmall ? kSegSmall : kSegMedium, kSegmentSize, kSegmentSize);
     if (!s) return nullptr;
@@ -208,6 +209,7 @@ Page* segment_page_alloc_locked(uint8_t kind) {
     }
     if (!pick) pick = pg;
   }
+  if (resident_only && !pick->dirty) return nullptr;
   pick->in_use = 1;
   pick->kind = kind;
   if (++s->used_pages == pages_per_segment(s)) {
@@ -217,34 +219,42 @@ Page* segment_page_alloc_locked(uint8_t kind) {
   return pick;
 }
 
-void segment_page_free_locked(Page* pg, uint64_t now) {
+namespace {
+
+void page_free(Page* pg, uint64_t now, bool purge_now) {
   Segment* s = segment_of_page(pg);
   pg->in_use = 0;
   pg->kind = kKindNone;
   pg->dirty = 1;
   pg->retired_at = now;
-  background_kick();
   pg->free = nullptr;
   pg->used = 0;
   pg->capacity = 0;
   pg->block_size = 0;
   pg->owner_fast.store(nullptr, std::memory_order_relaxed);
   pg->heap.store(nullptr, std::memory_order_relaxed);
+  if (purge_now || g_options.purge_delay_ms == 0) {
+    os_purge(page_area(s, pg), page_area_size(s));
+    pg->dirty = 0;
+  } else {
+    background_kick();
+  }
   uint8_t kind = s->kind == kSegSmall ? kKindSmall : kKindMedium;
   if (--s->used_pages == 0) {
     if (s->in_partial) list_remove(g_partial[kind], s);
-    segment_give_back(s, now);
+    segment_give_back(s, now);  // may unmap s: pg is not touched after this
     return;
   }
   if (!s->in_partial) {
     list_push(g_partial[kind], s);
     s->in_partial = 1;
   }
-  if (g_options.purge_delay_ms == 0) {
-    os_purge(page_area(s, pg), page_area_size(s));
-    pg->dirty = 0;
-  }
 }
+
+}  // namespace
+
+void segment_page_free_locked(Page* pg, uint64_t now) { page_free(pg, now, false); }
+void segment_page_free_purged_locked(Page* pg, uint64_t now) { page_free(pg, now, true); }
 
 Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
   size_t off = kLargeOffset;

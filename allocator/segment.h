@@ -60,10 +60,14 @@ inline size_t page_area_size(const Segment* s) { return page_slots(s) << kSlotSh
 // All of the following run under g_lock.
 
 // A free page slot of the given kind (kKindSmall / kKindMedium), marked in
-// use; nullptr when the OS has no memory.
-Page* segment_page_alloc_locked(uint8_t kind);
+// use; nullptr when the OS has no memory, or, with `resident_only`, when
+// the best slot at hand would fault.
+Page* segment_page_alloc_locked(uint8_t kind, bool resident_only = false);
 // Give a page slot back (its blocks are all free).
 void segment_page_free_locked(Page* pg, uint64_t now);
+// The same, returning its memory to the OS at once (a page built for a
+// burst that did not come).
+void segment_page_free_purged_locked(Page* pg, uint64_t now);
 // A segment for one block of `size` bytes at an `align`-aligned offset of
 // at least kLargeOffset; returns the block's offset in *offset.
 Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset);

@@ -7,6 +7,7 @@
 #include "allocator/format.h"
 #include "allocator/heap.h"
 #include "allocator/lock.h"
+#include "allocator/predict.h"
 #include "allocator/segment.h"
 #include "amalloc/amalloc.h"
 
@@ -64,6 +65,10 @@ extern "C" void am_stats_get(am_stats_t* out) {
   out->purge_calls = rd(g_os_stats.purge_calls);
   out->dirty_bytes = rd(g_dirty_bytes);
   out->background_ticks = background_ticks();
+  out->prefill_pages = rd(g_prefill_built);
+  out->prefill_used = rd(g_prefill_used);
+  out->prefill_released = rd(g_prefill_released);
+  out->prefill_ready_bytes = rd(g_ready_bytes);
 }
 
 namespace am {
@@ -106,7 +111,17 @@ void stats_report(int fd) {
       .str(" calls, ")
       .bytes(s.dirty_bytes)
       .str(" free and resident\n");
-  o.str("  worker:     ").num(s.background_ticks).str(" passes\n");
+  o.str("  worker:     ")
+      .num(s.background_ticks)
+      .str(" passes; ")
+      .num(s.prefill_pages)
+      .str(" pages built ahead, ")
+      .num(s.prefill_used)
+      .str(" used, ")
+      .num(s.prefill_released)
+      .str(" released unused, ")
+      .bytes(s.prefill_ready_bytes)
+      .str(" ready\n");
   o.str("  threads:    ")
       .num(s.heaps_created)
       .str(" heaps made, ")
@@ -155,6 +170,10 @@ void stats_report_json(int fd) {
   field("purge_calls", s.purge_calls);
   field("dirty_bytes", s.dirty_bytes);
   field("background_ticks", s.background_ticks);
+  field("prefill_pages", s.prefill_pages);
+  field("prefill_used", s.prefill_used);
+  field("prefill_released", s.prefill_released);
+  field("prefill_ready_bytes", s.prefill_ready_bytes);
   o.flush(fd);
   run_hooks(fd, true);  // they add their fields
   o.str("}\n").flush(fd);

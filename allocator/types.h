@@ -118,6 +118,15 @@ struct Heap {
   // Counters kept by the owner without atomics; summed by stats.
   uint64_t remote_frees = 0;
   uint64_t pages_adopted = 0;
+  // Demand prediction (predict.cpp). The owner counts the pages it needs
+  // (load + store: only it writes); the worker keeps pre-built pages ready
+  // on `ready`, which the owner takes whole (exchange) when it needs a page.
+  std::atomic<uint32_t> new_pages[kNumClasses] = {};
+  std::atomic<Page*> ready[kNumClasses] = {};
+  std::atomic<uint32_t> ready_count[kNumClasses] = {};
+  uint32_t seen_pages[kNumClasses] = {};   // the worker's last look at new_pages
+  uint16_t quiet_ticks[kNumClasses] = {};  // worker ticks without demand
+  uint16_t peak_rate[kNumClasses] = {};    // most pages needed in one tick, slowly forgotten
 };
 
 }  // namespace am

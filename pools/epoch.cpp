@@ -95,6 +95,8 @@ void append_sealed(Batch* b) {  // under g_mu
   stats_add(g_sealed_bytes, b->bytes);
 }
 
+// Called with the record's open lock held, so that a barrier never finds a
+// batch that has left its record but is not on the sealed list yet.
 void seal(Batch* b) {
   // The retirements' unlinks are visible before the tag is read.
   std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -110,8 +112,8 @@ void seal_open(Record* r) {
   lock_open(r);
   Batch* b = r->open;
   r->open = nullptr;
-  unlock_open(r);
   if (b) seal(b);
+  unlock_open(r);
 }
 
 // Seals other threads' open batches that have waited this long, so that a
@@ -134,8 +136,8 @@ uint64_t seal_stale_open() {
       if (b && b->opened_ms + kStaleOpenMs < next) next = b->opened_ms + kStaleOpenMs;
       b = nullptr;
     }
-    unlock_open(r);
     if (b) seal(b);
+    unlock_open(r);
   }
   return next;
 }
@@ -282,22 +284,26 @@ void fork_prepare() {
     while (g_reclaiming.exchange(1, std::memory_order_acquire)) os_yield();
     g_fork_took_reclaim = true;
   }
+  // No batch may be between its record and the sealed list (lock order:
+  // open locks, then g_mu).
+  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) lock_open(r);
   pthread_mutex_lock(&g_mu);
 }
 
 void fork_parent() {
   pthread_mutex_unlock(&g_mu);
+  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) unlock_open(r);
   if (g_fork_took_reclaim) g_reclaiming.store(0, std::memory_order_release);
 }
 
 // Only the forking thread lives on: the others' pins end and their open
-// batches are sealed (an append cut by the fork loses that one entry).
+// batches are sealed (the fork waited for every record lock, so whole).
 void fork_child() {
   pthread_mutex_init(&g_mu, nullptr);
   for (Record* r = g_records.load(std::memory_order_relaxed); r; r = r->next) {
+    r->open_lock.store(0, std::memory_order_relaxed);
     if (r == t_rec || !r->in_use) continue;
     r->state.store(0, std::memory_order_relaxed);
-    r->open_lock.store(0, std::memory_order_relaxed);
     if (Batch* b = r->open) {
       r->open = nullptr;
       append_sealed(b);
@@ -365,13 +371,18 @@ void open_entry(Record* r, const Entry& x) {
     r->open = b;
     background_kick();  // the worker seals it if this thread goes quiet
   }
-  b->e[b->n++] = x;
+  b->e[b->n] = x;
   b->bytes += x.bytes;
+  // The entry before the count: a fork child that takes the batch of a
+  // thread caught mid-append sees only whole entries.
+  __atomic_store_n(&b->n, b->n + 1, __ATOMIC_RELEASE);
   bool full = b->n == kBatch;
-  if (full) r->open = nullptr;
+  if (full) {
+    r->open = nullptr;
+    seal(b);
+  }
   unlock_open(r);
   if (!full) return;
-  seal(b);
   seal_stale_open();
   try_advance();
   reclaim();
@@ -512,8 +523,8 @@ AM_NOINLINE void idle_slow(Record* r) {
     r->open = nullptr;
   else
     b = nullptr;
-  unlock_open(r);
   if (b) seal(b);
+  unlock_open(r);
   if (g_sealed_batches.load(std::memory_order_relaxed) == 0) return;
   uint64_t now = os_now_ms();
   if (now == g_last_idle_try_ms.load(std::memory_order_relaxed)) return;

@@ -182,6 +182,15 @@ AM_API const char* am_version(void);
  * Never faults, whatever p is. */
 AM_API int am_owns(const void* p);
 
+/* Announce a burst: make `count` blocks of `size` bytes ready for the
+ * calling thread's current heap now, carved and faulted in, so that
+ * allocating them later takes no page fault and no mmap on the request
+ * path. Blocks above 64 KiB are mapped, faulted in and left in the segment
+ * cache (up to its limits). Returns how many blocks were made ready. The
+ * background worker does the same on its own from each heap's recent
+ * demand (AMALLOC_PREDICT). */
+AM_API size_t am_prefill(size_t size, size_t count);
+
 /* Give memory back now: collect frees from other threads into the calling
  * thread's heap, retire its empty pages, and purge what has been empty for
  * longer than the purge delay (everything empty when `force` is non-zero). */
@@ -190,25 +199,29 @@ AM_API void am_collect(int force);
 /* Counters for the whole process. Byte figures are approximate while other
  * threads allocate. */
 typedef struct am_stats_s {
-  uint64_t reserved_bytes;   /* address space mapped from the OS */
-  uint64_t committed_bytes;  /* mapped and not purged (an upper bound of RSS) */
-  uint64_t in_use_bytes;     /* bytes in live blocks (block sizes, not requests) */
-  uint64_t segments;         /* live segments (small, medium, large and huge) */
-  uint64_t pages_in_use;     /* small and medium pages that hold blocks */
-  uint64_t large_blocks;     /* live blocks that own a whole segment */
-  uint64_t mmap_calls;       /* mappings made (including mremap) */
-  uint64_t munmap_calls;     /* mappings released */
-  uint64_t purged_bytes;     /* bytes returned with madvise over the lifetime */
-  uint64_t remote_frees;     /* frees of blocks owned by another thread */
-  uint64_t heaps_created;    /* thread heaps made */
-  uint64_t heaps_abandoned;  /* thread heaps given up at thread exit or fork */
-  uint64_t pages_adopted;    /* pages taken over from exited threads */
-  uint64_t bad_frees;        /* invalid or double frees detected */
-  uint64_t large_allocs;     /* blocks above 64 KiB made over the lifetime */
-  uint64_t remaps;           /* huge blocks moved or resized with mremap */
-  uint64_t purge_calls;      /* madvise calls that returned memory */
-  uint64_t dirty_bytes;      /* free but still resident, decaying (at the last purge pass) */
-  uint64_t background_ticks; /* passes of the background worker */
+  uint64_t reserved_bytes;      /* address space mapped from the OS */
+  uint64_t committed_bytes;     /* mapped and not purged (an upper bound of RSS) */
+  uint64_t in_use_bytes;        /* bytes in live blocks (block sizes, not requests) */
+  uint64_t segments;            /* live segments (small, medium, large and huge) */
+  uint64_t pages_in_use;        /* small and medium pages that hold blocks */
+  uint64_t large_blocks;        /* live blocks that own a whole segment */
+  uint64_t mmap_calls;          /* mappings made (including mremap) */
+  uint64_t munmap_calls;        /* mappings released */
+  uint64_t purged_bytes;        /* bytes returned with madvise over the lifetime */
+  uint64_t remote_frees;        /* frees of blocks owned by another thread */
+  uint64_t heaps_created;       /* thread heaps made */
+  uint64_t heaps_abandoned;     /* thread heaps given up at thread exit or fork */
+  uint64_t pages_adopted;       /* pages taken over from exited threads */
+  uint64_t bad_frees;           /* invalid or double frees detected */
+  uint64_t large_allocs;        /* blocks above 64 KiB made over the lifetime */
+  uint64_t remaps;              /* huge blocks moved or resized with mremap */
+  uint64_t purge_calls;         /* madvise calls that returned memory */
+  uint64_t dirty_bytes;         /* free but still resident, decaying (at the last purge pass) */
+  uint64_t background_ticks;    /* passes of the background worker */
+  uint64_t prefill_pages;       /* pages built ahead of demand (predictor and am_prefill) */
+  uint64_t prefill_used;        /* of the predictor's, pages a heap took */
+  uint64_t prefill_released;    /* of the predictor's, pages given back unused */
+  uint64_t prefill_ready_bytes; /* the predictor's reserve now: built, not yet taken */
 } am_stats_t;
 
 AM_API void am_stats_get(am_stats_t* out);

@@ -1103,7 +1103,10 @@ void epoll_loop_round_trip(bool use_pipe) {
       }
       amalloc::executor_idle();  // the call before the next epoll_wait
       const am_stats_t after = amt::stats();
-      facts.push_back({before.in_use_bytes, after.in_use_bytes, after.committed_bytes, reused});
+      // The predictor's reserve (pages built ahead of a burst, released
+      // after 100 ms without demand) is not growth.
+      facts.push_back({before.in_use_bytes, after.in_use_bytes,
+                       after.committed_bytes - after.prefill_ready_bytes, reused});
       // Only rounds of the same size compare addresses.
       if (size_of_round(r + 1) == size)
         previous.swap(current);
