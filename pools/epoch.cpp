@@ -190,18 +190,20 @@ void run_batch(Batch* b) {
   }
 }
 
-// Runs every sealed batch whose grace period is over; returns at once if
-// another thread is doing it (or this one, from inside a deleter).
-void reclaim() {
+// Runs sealed batches whose grace period is over, at most `max` of them;
+// returns at once if another thread is doing it (or this one, from inside a
+// deleter). A pinned thread passes max = 1: while it runs deleters its pin
+// holds the epoch, so it reclaims what it retires and no more.
+void reclaim(uint64_t max = ~uint64_t{0}) {
   if (t_reclaiming || g_reclaiming.exchange(1, std::memory_order_acquire)) return;
   t_reclaiming = 1;
-  for (;;) {
+  while (max > 0) {
     Batch* chain = nullptr;
     {
       MuGuard g;
       uint64_t e = g_epoch.load(std::memory_order_acquire);
       Batch** tail = &chain;
-      while (g_sealed_head && g_sealed_head->tag + 2 <= e) {
+      for (uint64_t k = max; k > 0 && g_sealed_head && g_sealed_head->tag + 2 <= e; k--) {
         *tail = g_sealed_head;
         tail = &g_sealed_head->next;
         g_sealed_head = g_sealed_head->next;
@@ -218,6 +220,7 @@ void reclaim() {
       g_sealed_batches.fetch_sub(1, std::memory_order_relaxed);
       g_done_seq.store(b->seq, std::memory_order_release);
       am_free(b);
+      max--;
     }
   }
   t_reclaiming = 0;
@@ -339,6 +342,10 @@ void init_once() {
   background_add_task(background_task);
 }
 
+// At start-up rather than at the first pin: a fork that caught another
+// thread inside pthread_once would leave the child waiting on it forever.
+__attribute__((constructor(102))) void epoch_start() { pthread_once(&g_once, init_once); }
+
 Record* new_record() {  // under g_mu
   if (g_static_used < kStaticRecords) return &g_static_records[g_static_used++];
   // Later threads: one 4 KiB-aligned chunk at a time, never freed.
@@ -385,7 +392,7 @@ void open_entry(Record* r, const Entry& x) {
   if (!full) return;
   seal_stale_open();
   try_advance();
-  reclaim();
+  reclaim(t_nest != 0 ? 1 : ~uint64_t{0});
   // Back-pressure: with too much pending, spend up to kMaxWaitMs helping
   // grace periods along. Never longer: the pinned thread that holds them up
   // may be waiting for this one.
@@ -509,12 +516,14 @@ AM_COLD void misuse(const char* fn, const char* what, const void* p) {
 }
 
 AM_NOINLINE void idle_slow(Record* r) {
-  if (t_nest != t_perm) {
+  bool guarded = t_nest != t_perm;
+  if (guarded) {
     // A guard that lives across a suspension point: the coroutine went to
     // sleep pinned, and this loop is about to block.
     misuse("am_executor_idle", "called while pinned (an epoch guard held across co_await?)");
   } else if (t_perm) {
-    pin(r);  // the quiescent state
+    // Quiescent: unpinned while it reclaims, so its deleters hold up no one.
+    r->state.store(0, std::memory_order_release);
   }
   // Under the lock: another thread may seal (and free) a stale open batch.
   lock_open(r);
@@ -525,12 +534,15 @@ AM_NOINLINE void idle_slow(Record* r) {
     b = nullptr;
   if (b) seal(b);
   unlock_open(r);
-  if (g_sealed_batches.load(std::memory_order_relaxed) == 0) return;
-  uint64_t now = os_now_ms();
-  if (now == g_last_idle_try_ms.load(std::memory_order_relaxed)) return;
-  g_last_idle_try_ms.store(now, std::memory_order_relaxed);
-  try_advance();
-  reclaim();
+  if (g_sealed_batches.load(std::memory_order_relaxed) != 0) {
+    uint64_t now = os_now_ms();
+    if (now != g_last_idle_try_ms.load(std::memory_order_relaxed)) {
+      g_last_idle_try_ms.store(now, std::memory_order_relaxed);
+      try_advance();
+      reclaim(guarded ? 1 : ~uint64_t{0});
+    }
+  }
+  if (t_perm && !guarded) pin(r);  // the quiescent state: pinned again at the current epoch
 }
 
 }  // namespace am::epoch

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "../stress/stress_common.h"
 #include "amalloc/amalloc.h"
 #include "amalloc_test_support.h"
 #include "gtest/gtest.h"
@@ -294,4 +295,95 @@ TEST(Predictor, PrefillTakesTheFaultsBeforeTheBurst) {
   ASSERT_TRUE(c.exited_ok()) << "exit 2: am_prefill made too few blocks; 3: a block changed\n"
                              << c.describe();
   EXPECT_LT(faults_of(c), 100) << c.describe();
+}
+
+// ---- the worker under load ---------------------------------------------------
+
+// Eight threads allocate, check and free blocks of every size class (and
+// hand a share to each other to free) while the worker purges every 2 ms
+// and builds pages ahead; every 16th round a thread exits and a new one
+// takes its place. Any corrupted byte aborts (stress::verify).
+AMT_SCENARIO(worker_under_load) {
+  constexpr unsigned kThreads = 8, kSlots = 256;
+  const auto until = std::chrono::steady_clock::now() + 1500ms;
+  std::atomic<stress::Rec*> mailbox[kThreads] = {};
+  std::atomic<unsigned> generations{0};
+  auto body = [&](unsigned t, std::uint64_t seed) {
+    amt::Rng rng(seed);
+    std::vector<stress::Rec> live(kSlots);
+    for (int round = 0; round < 16 && std::chrono::steady_clock::now() < until; round++) {
+      if (round % 4 == 0) {  // a burst of one class: what the predictor serves
+        std::vector<unsigned char*> burst;
+        for (unsigned i = 0; i < 1200; i++) {
+          auto* p = static_cast<unsigned char*>(am_malloc(2000));
+          std::memset(p, static_cast<int>(i & 0xff), 2000);
+          burst.push_back(p);
+        }
+        for (unsigned i = 0; i < burst.size(); i++) {
+          if (burst[i][0] != (i & 0xff) || burst[i][1999] != (i & 0xff)) std::abort();
+          am_free(burst[i]);
+        }
+      }
+      for (unsigned i = 0; i < 4 * kSlots; i++) {
+        stress::Rec& r = live[rng.below(kSlots)];
+        if (r.p) {
+          stress::verify(r, "block changed while live");
+          if (rng.chance(10)) {  // to another thread, which checks and frees it
+            auto* boxed = new stress::Rec(r);
+            stress::Rec* old = mailbox[(t + 1) % kThreads].exchange(boxed);
+            if (old) {
+              stress::verify(*old, "block changed in transit");
+              stress::release(*old, rng);
+              delete old;
+            }
+          } else {
+            stress::release(r, rng);
+          }
+          r = stress::Rec{};
+        } else {
+          r = stress::allocate(rng, rng.next());
+        }
+      }
+      if (stress::Rec* in = mailbox[t].exchange(nullptr)) {
+        stress::verify(*in, "block changed in transit");
+        stress::release(*in, rng);
+        delete in;
+      }
+    }
+    for (auto& r : live)
+      if (r.p) {
+        stress::verify(r, "block changed while live");
+        stress::release(r, rng);
+      }
+  };
+  std::vector<std::thread> th;
+  for (unsigned t = 0; t < kThreads; t++)
+    th.emplace_back([&, t] {
+      // Successive generations on this slot: thread exit while the worker runs.
+      for (std::uint64_t g = 0; std::chrono::steady_clock::now() < until; g++) {
+        std::thread([&, t, g] { body(t, t * 1000003 + g); }).join();
+        generations++;
+      }
+    });
+  for (auto& x : th) x.join();
+  for (auto& m : mailbox)
+    if (stress::Rec* r = m.exchange(nullptr)) {
+      amt::Rng rng(1);
+      stress::verify(*r, "block changed in transit");
+      stress::release(*r, rng);
+      delete r;
+    }
+  am_stats_t s;
+  am_stats_get(&s);
+  std::printf("GENERATIONS %u TICKS %llu BUILT %llu\n", generations.load(),
+              static_cast<unsigned long long>(s.background_ticks),
+              static_cast<unsigned long long>(s.prefill_pages));
+  return s.background_ticks > 0 ? 0 : 5;
+}
+
+TEST(Background, EightThreadsEveryClassWhileTheWorkerPurgesAndBuilds) {
+  auto c = amt::run_scenario(
+      "worker_under_load",
+      {{"AMALLOC_PURGE_DELAY", "2"}, {"AMALLOC_PREDICT", "1"}, {"AMALLOC_BACKGROUND", ""}});
+  EXPECT_TRUE(c.exited_ok()) << "exit 5: the worker never ran\n" << c.describe();
 }
