@@ -184,6 +184,25 @@ int am_owns(const void* p) {
 
 void am_collect(int force) { heap_collect(t_heap, force != 0); }
 
+// A block is worth moving when its page is less than half full and is not
+// the page its owner allocates from (which is where the copy would land).
+AM_APPROXIMATE_READS int am_defrag_hint(const void* p) {
+  if (!p || !segmap_fast(reinterpret_cast<uintptr_t>(p))) return 0;
+  Page* pg = page_checked("am_defrag_hint", p);
+  if (!pg || pg->kind == kKindLarge || pg->is_head) return 0;
+  uint32_t live = pg->used;
+  return live * 2 < pg->reserved ? 1 : 0;
+}
+
+void* am_defrag_move(void* p, size_t size) {
+  if (!am_defrag_hint(p)) return p;
+  void* q = am_malloc(size);
+  if (!q) return p;  // stays where it is
+  memcpy(q, p, size);
+  am_free(p);
+  return q;
+}
+
 size_t am_prefill(size_t size, size_t count) {
   if (size == 0 || count == 0) return 0;
   if (size <= kMediumMax) {

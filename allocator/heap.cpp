@@ -109,6 +109,38 @@ void queue_remove(Heap* h, Page* pg) {
   head_changed(h, pg->cls, old);
 }
 
+// Allocation goes on in the fullest of the next few pages, so that sparse
+// pages receive no new blocks, drain, and are given back: defragmentation
+// that moves nothing. Pages of one class have the same capacity, so the
+// live-block counts compare directly.
+constexpr unsigned kFullestScan = 8;
+
+void queue_prefer_fullest(Heap* h, unsigned cls) {
+  PageQueue& q = h->queues[cls];
+  Page* head = q.first;
+  if (!head || !head->next) return;
+  Page* best = head;
+  uint32_t best_live = head->used - head->is_head;
+  unsigned k = 0;
+  for (Page* pg = head->next; pg && k < kFullestScan; pg = pg->next, k++)
+    if (pg->used > best_live) {
+      best = pg;
+      best_live = pg->used;
+    }
+  if (best == head) return;
+  // Unlink `best` and put it first; head_changed moves the bias.
+  best->prev->next = best->next;
+  if (best->next)
+    best->next->prev = best->prev;
+  else
+    q.last = best->prev;
+  best->prev = nullptr;
+  best->next = head;
+  head->prev = best;
+  q.first = best;
+  head_changed(h, cls, head);
+}
+
 void full_push(Heap* h, Page* pg) {
   pg->prev = nullptr;
   pg->next = h->full;
@@ -131,6 +163,7 @@ void full_remove(Heap* h, Page* pg) {
 // re-check below or sees in_full and raises the heap's hint.
 void page_to_full(Heap* h, Page* pg) {
   queue_remove(h, pg);
+  queue_prefer_fullest(h, pg->cls);
   pg->owner_fast.store(nullptr, std::memory_order_relaxed);
   pg->in_full.store(1, std::memory_order_seq_cst);
   full_push(h, pg);

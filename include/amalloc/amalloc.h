@@ -182,6 +182,18 @@ AM_API const char* am_version(void);
  * Never faults, whatever p is. */
 AM_API int am_owns(const void* p);
 
+/* Defragmentation for programs that can move their objects (as Redis does
+ * with jemalloc's hint). amalloc already allocates from the fullest pages
+ * so that sparse ones drain; moving the last blocks out of a sparse page
+ * lets it go back to the OS. am_defrag_hint(p) is 1 when the block at p
+ * sits in a page less than half full that is not the one its heap
+ * allocates from: a copy would land in a fuller page. am_defrag_move(p, n)
+ * does the move for a block of n bytes when the hint says so: it returns
+ * the new address (the caller updates every reference) or p itself when
+ * the block stays. Call them from the thread that owns the block's heap. */
+AM_API int am_defrag_hint(const void* p);
+AM_API void* am_defrag_move(void* p, size_t size);
+
 /* Announce a burst: make `count` blocks of `size` bytes ready for the
  * calling thread's current heap now, carved and faulted in, so that
  * allocating them later takes no page fault and no mmap on the request
