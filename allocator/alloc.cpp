@@ -8,6 +8,7 @@
 #include "allocator/api.h"
 #include "allocator/large.h"
 #include "allocator/predict.h"
+#include "allocator/stats.h"
 #include "amalloc/amalloc.h"
 
 namespace am {
@@ -200,6 +201,7 @@ void* am_defrag_move(void* p, size_t size) {
   if (!q) return p;  // stays where it is
   memcpy(q, p, size);
   am_free(p);
+  stats_add(g_os_stats.defrag_moves, 1);
   return q;
 }
 

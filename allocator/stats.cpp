@@ -69,6 +69,7 @@ extern "C" void am_stats_get(am_stats_t* out) {
   out->prefill_used = rd(g_prefill_used);
   out->prefill_released = rd(g_prefill_released);
   out->prefill_ready_bytes = rd(g_ready_bytes);
+  out->defrag_moves = rd(g_os_stats.defrag_moves);
 }
 
 namespace am {
@@ -133,7 +134,9 @@ void stats_report(int fd) {
       .num(s.remote_frees)
       .str(" from other threads, ")
       .num(s.bad_frees)
-      .str(" invalid\n");
+      .str(" invalid, ")
+      .num(s.defrag_moves)
+      .str(" blocks moved by am_defrag_move\n");
   o.flush(fd);
   run_hooks(fd, false);
 }
@@ -174,6 +177,7 @@ void stats_report_json(int fd) {
   field("prefill_used", s.prefill_used);
   field("prefill_released", s.prefill_released);
   field("prefill_ready_bytes", s.prefill_ready_bytes);
+  field("defrag_moves", s.defrag_moves);
   o.flush(fd);
   run_hooks(fd, true);  // they add their fields
   o.str("}\n").flush(fd);

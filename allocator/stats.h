@@ -17,6 +17,7 @@ struct OsStats {
   std::atomic<uint64_t> large_allocs;
   std::atomic<uint64_t> huge_remaps;
   std::atomic<uint64_t> remote_frees;  // by threads without a heap
+  std::atomic<uint64_t> defrag_moves;  // blocks am_defrag_move moved
 };
 
 extern OsStats g_os_stats;

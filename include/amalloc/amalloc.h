@@ -234,6 +234,7 @@ typedef struct am_stats_s {
   uint64_t prefill_used;        /* of the predictor's, pages a heap took */
   uint64_t prefill_released;    /* of the predictor's, pages given back unused */
   uint64_t prefill_ready_bytes; /* the predictor's reserve now: built, not yet taken */
+  uint64_t defrag_moves;        /* blocks am_defrag_move moved */
 } am_stats_t;
 
 AM_API void am_stats_get(am_stats_t* out);

@@ -66,6 +66,9 @@ TEST(Defrag, MovingHintedBlocksEmptiesSparsePages) {
               hinted, moved, static_cast<unsigned long long>(before),
               static_cast<unsigned long long>(after));
   EXPECT_GT(moved, kept.size() / 2);
+  am_stats_t st;
+  am_stats_get(&st);
+  EXPECT_EQ(st.defrag_moves, moved) << "the stats count every move";
   // 10% of 32 pages' blocks fit in about 4 pages.
   EXPECT_LE(after * 3, before) << "sparse pages were not given back";
   for (const Obj& o : kept) am_free(o.p);
