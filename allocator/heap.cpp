@@ -63,6 +63,10 @@ constexpr std::array<DirectRange, kNumClasses> kDirectRange = make_direct_ranges
 
 void make_key() { pthread_key_create(&g_heap_key, heap_thread_exit); }
 
+// At start-up as well as on first use: a fork that caught another thread
+// inside pthread_once would leave the child waiting on it for ever.
+__attribute__((constructor(102))) void heap_start() { pthread_once(&g_key_once, make_key); }
+
 // -- queues ----------------------------------------------------------------
 
 void head_changed(Heap* h, unsigned cls, Page* old_head) {

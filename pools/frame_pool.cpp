@@ -42,6 +42,9 @@ void make_key() {
   stats_add_hook(stats_hook);
 }
 
+// At start-up as well as on first use (see heap_start).
+__attribute__((constructor(102))) void frames_start() { pthread_once(&g_once, make_key); }
+
 // The calling thread's cache, made on first use; nullptr while the thread
 // is exiting (its frames then bypass the pools).
 FrameCache* cache() {
