@@ -24,9 +24,12 @@
 // Metrics: rss_after_1s_pct (primary; tiny: rss_after_100ms_pct), lower is
 // better; rss_after_100ms_pct; burst_peak_rss_kib; baseline_rss_kib;
 // peak_rss_kib; burst_s (mean time to run a burst's tasks, burst_s nominal);
-// quiet_tasks; time_s. latency_ns: per-allocation latency during bursts.
+// quiet_tasks; time_s; repeat_burst_minflt (minor page faults the workers
+// took per burst after the first: what a burst pays on the request path).
+// latency_ns: per-allocation latency during bursts.
 //
 // Extra flag: --quiet-idle (accepted before or after the common ones).
+#include <sys/resource.h>
 #include <time.h>
 
 #include <algorithm>
@@ -153,8 +156,17 @@ struct WorkerOut {
   std::vector<uint64_t> lat;
   WlChecksum sum;
   uint64_t bad = 0, quiet_tasks = 0;
+  uint64_t repeat_minflt = 0;  // minor faults this worker took in bursts after the first
   alignas(64) char pad[64];
 };
+
+// Minor page faults of the calling thread: the request path's share, not
+// that of a helper thread the allocator may run.
+uint64_t thread_minflt() {
+  rusage u;
+  getrusage(RUSAGE_THREAD, &u);
+  return uint64_t(u.ru_minflt);
+}
 
 void sleep_until_s(double t) {
   const double d = t - wl_now_s();
@@ -176,11 +188,13 @@ void worker(const Params& p, Control& ctl, std::vector<std::vector<TaskRec*>>& p
     if (kind == kBurst) {
       // Tasks w, w+T, ...; task i is due at t0 + i/B * burst_s.
       auto& mine = parts[w];
+      const uint64_t f0 = thread_minflt();
       for (uint64_t i = w; i < p.tasks; i += p.threads) {
         const double due = t0 + double(i) / double(p.tasks) * p.burst_s;
         if (due > wl_now_s() + 0.0005) sleep_until_s(due);
         mine.push_back(run_task(p.seed, (uint64_t(b) << 40) | i, nalloc, &out.lat));
       }
+      if (b > 0) out.repeat_minflt += thread_minflt() - f0;
     } else if (kind == kFree) {
       // The blocks the next worker allocated.
       auto& theirs = parts[(w + 1) % p.threads];
@@ -338,6 +352,11 @@ int main(int argc, char** argv) {
   r.metric("burst_s", mean(burst_times));
   r.metric("burst_s_nominal", p.burst_s);
   r.metric("quiet_tasks", double(quiet_tasks));
+  if (bursts > 1) {
+    uint64_t flt = 0;
+    for (auto& o : outs) flt += o.repeat_minflt;
+    r.metric("repeat_burst_minflt", double(flt) / double(bursts - 1));
+  }
   r.metric("time_s", time_s);
   if (capped) r.metric("capped", 1);
   r.latency =
