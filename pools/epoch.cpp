@@ -393,9 +393,21 @@ void open_entry(Record* r, const Entry& x) {
   seal_stale_open();
   try_advance();
   reclaim(t_nest != 0 ? 1 : ~uint64_t{0});
-  // Back-pressure: with too much pending, spend up to kMaxWaitMs helping
-  // grace periods along. Never longer: the pinned thread that holds them up
-  // may be waiting for this one.
+  // Back-pressure. A pinned thread cannot wait for grace periods (its own
+  // pin holds them up), but it can give the CPU to the thread that is
+  // running deleters, for up to kMaxWaitMs: retiring faster than one
+  // reclaimer can run deleters must not grow the backlog without bound.
+  if (t_nest != 0 && !t_reclaiming &&
+      g_sealed_batches.load(std::memory_order_relaxed) > 2 * kMaxSealed) {
+    uint64_t start = os_now_ms();
+    while (g_sealed_batches.load(std::memory_order_relaxed) > 2 * kMaxSealed &&
+           os_now_ms() - start < kMaxWaitMs) {
+      reclaim(1);
+      os_yield();
+    }
+  }
+  // Unpinned, spend up to kMaxWaitMs helping grace periods along. Never
+  // longer: the pinned thread that holds them up may be waiting for this one.
   if (g_sealed_batches.load(std::memory_order_relaxed) > kMaxSealed && t_nest == 0 &&
       !t_reclaiming) {
     uint64_t start = os_now_ms();

@@ -1154,8 +1154,10 @@ void epoll_loop_round_trip(bool use_pipe) {
   EXPECT_GE(reused * 2, compared)
       << "new allocations of the loop must mostly reuse the freed blocks (" << reused << " of "
       << compared << ")";
-  // Committed memory: after the first cycle of sizes, no growth.
-  EXPECT_LE(later, first_cycle + 2 * kMiB) << "committed bytes grew over the rounds";
+  // Committed memory: after the first cycle of sizes, no growth. Free pages
+  // decay away over several purge delays, so what is still resident when a
+  // round samples varies by a few MiB; a leak grows with the rounds.
+  EXPECT_LE(later, first_cycle + 4 * kMiB) << "committed bytes grew over the rounds";
   EXPECT_EQ(g_bad.load(), 0);
   EXPECT_EQ(bad_frees(), 0u);
 }
