@@ -58,6 +58,7 @@ uint64_t g_seal_seq;
 std::atomic<uint64_t> g_done_seq;
 std::atomic<uint8_t> g_reclaiming;  // one reclaimer at a time
 bool g_fork_took_reclaim;
+Record* g_fork_locked;  // the records fork_prepare locked
 std::atomic<uint64_t> g_advanced_ms;
 std::atomic<uint64_t> g_last_idle_try_ms;
 
@@ -197,13 +198,22 @@ void run_batch(Batch* b) {
 void reclaim(uint64_t max = ~uint64_t{0}) {
   if (t_reclaiming || g_reclaiming.exchange(1, std::memory_order_acquire)) return;
   t_reclaiming = 1;
+  // Only what was sealed before this call: threads that keep retiring must
+  // not keep one reclaimer (a barrier, a thread exit) busy for ever.
+  uint64_t last;
+  {
+    MuGuard g;
+    last = g_seal_seq;
+  }
   while (max > 0) {
     Batch* chain = nullptr;
     {
       MuGuard g;
       uint64_t e = g_epoch.load(std::memory_order_acquire);
       Batch** tail = &chain;
-      for (uint64_t k = max; k > 0 && g_sealed_head && g_sealed_head->tag + 2 <= e; k--) {
+      for (uint64_t k = max;
+           k > 0 && g_sealed_head && g_sealed_head->tag + 2 <= e && g_sealed_head->seq <= last;
+           k--) {
         *tail = g_sealed_head;
         tail = &g_sealed_head->next;
         g_sealed_head = g_sealed_head->next;
@@ -288,14 +298,17 @@ void fork_prepare() {
     g_fork_took_reclaim = true;
   }
   // No batch may be between its record and the sealed list (lock order:
-  // open locks, then g_mu).
-  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) lock_open(r);
+  // open locks, then g_mu). Records are pushed at the head, so the ones
+  // locked here are those from this head on; a record registered before
+  // g_mu is taken stays unlocked, and must stay so in the parent.
+  g_fork_locked = g_records.load(std::memory_order_acquire);
+  for (Record* r = g_fork_locked; r; r = r->next) lock_open(r);
   pthread_mutex_lock(&g_mu);
 }
 
 void fork_parent() {
   pthread_mutex_unlock(&g_mu);
-  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) unlock_open(r);
+  for (Record* r = g_fork_locked; r; r = r->next) unlock_open(r);
   if (g_fork_took_reclaim) g_reclaiming.store(0, std::memory_order_release);
 }
 

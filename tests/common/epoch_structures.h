@@ -72,10 +72,10 @@ inline Failures& failures() {
 
 // How a node was allocated and how it is retired.
 enum class Kind : u64 {
-  c_fn = 1,        // am_malloc; am_retire_fn(p, poison-fn, ctx)
-  cpp_deleter = 2, // am_malloc; amalloc::retire(p, deleter) (poison + am_free)
-  cpp_delete = 3,  // new; amalloc::retire(p): ~Node poisons, operator delete frees
-  plain = 4,       // am_malloc; am_retire(p): freed without a callback (no poison)
+  c_fn = 1,         // am_malloc; am_retire_fn(p, poison-fn, ctx)
+  cpp_deleter = 2,  // am_malloc; amalloc::retire(p, deleter) (poison + am_free)
+  cpp_delete = 3,   // new; amalloc::retire(p): ~Node poisons, operator delete frees
+  plain = 4,        // am_malloc; am_retire(p): freed without a callback (no poison)
 };
 
 inline u64 checksum(u64 key, u64 value, u64 kind) {
@@ -100,8 +100,12 @@ struct Node {
   std::atomic<Node*> next;
 
   Node(u64 k, u64 v, Kind kd)
-      : magic(kMagic), key(k), value(v), kind(static_cast<u64>(kd)),
-        check(checksum(k, v, static_cast<u64>(kd))), next(nullptr) {}
+      : magic(kMagic),
+        key(k),
+        value(v),
+        kind(static_cast<u64>(kd)),
+        check(checksum(k, v, static_cast<u64>(kd))),
+        next(nullptr) {}
   // Poisons (atomic stores, so the compiler keeps them in a destructor).
   ~Node() { poison(); }
   void poison() {
@@ -224,8 +228,8 @@ class Stack {
     Node* h = head_.load(std::memory_order_relaxed);
     do {
       n->next.store(h, std::memory_order_relaxed);
-    } while (!head_.compare_exchange_weak(h, n, std::memory_order_release,
-                                          std::memory_order_relaxed));
+    } while (
+        !head_.compare_exchange_weak(h, n, std::memory_order_release, std::memory_order_relaxed));
   }
   // Must be pinned. The caller retires the node it gets (after reading it).
   Node* pop() {
@@ -233,8 +237,7 @@ class Stack {
     while (h != nullptr) {
       if (!verify(h, "stack pop")) return nullptr;
       Node* nx = load_next(h);  // h may be popped and retired meanwhile: still readable
-      if (head_.compare_exchange_weak(h, nx, std::memory_order_acquire,
-                                      std::memory_order_acquire))
+      if (head_.compare_exchange_weak(h, nx, std::memory_order_acquire, std::memory_order_acquire))
         return h;
     }
     return nullptr;
@@ -290,8 +293,7 @@ class Queue {
         Node* expected = nullptr;
         if (t->next.compare_exchange_weak(expected, n, std::memory_order_release,
                                           std::memory_order_relaxed)) {
-          tail_.compare_exchange_strong(t, n, std::memory_order_release,
-                                        std::memory_order_relaxed);
+          tail_.compare_exchange_strong(t, n, std::memory_order_release, std::memory_order_relaxed);
           return;
         }
       } else {
@@ -320,8 +322,7 @@ class Queue {
         std::this_thread::yield();
         if (!verify(nx, "queue next after a pause")) return nullptr;
       }
-      if (head_.compare_exchange_weak(h, nx, std::memory_order_acq_rel,
-                                      std::memory_order_relaxed))
+      if (head_.compare_exchange_weak(h, nx, std::memory_order_acq_rel, std::memory_order_relaxed))
         return h;
     }
   }

@@ -9,13 +9,18 @@
 //
 // Each test runs for about a second (AMALLOC_TEST_SCALE scales it; less
 // under the sanitizers).
+#include "epoch_structures.h"
+
 #include <amalloc/amalloc.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <amalloc/amalloc.hpp>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <map>
@@ -24,7 +29,6 @@
 #include <vector>
 
 #include "amalloc_test_support.h"
-#include "epoch_structures.h"
 
 namespace {
 
@@ -202,6 +206,7 @@ void stack_test(Mode mode) {
             });
           }
         }
+        std::this_thread::yield();
       }
     });
   for (unsigned r = 0; r < kReaders; ++r)
@@ -392,6 +397,7 @@ void map_test(Mode mode, bool churn) {
                   epochs::failures().add("map find: own key differs from the writer's shadow");
               });
           }
+          std::this_thread::yield();  // readers pause while pinned: let them run
         }
         writes.fetch_add(n);
       });
@@ -406,8 +412,9 @@ void map_test(Mode mode, bool churn) {
         th.emplace_back([&, r] {
           u64 i = 0;
           while (Clock::now() < deadline) {
-            std::thread([&, r, i] { reader(kWriters + r + unsigned(i), 900 + r * 1000003 + i, 2000); })
-                .join();
+            std::thread([&, r, i] {
+              reader(kWriters + r + unsigned(i), 900 + r * 1000003 + i, 2000);
+            }).join();
             ++i;
             thread_starts.fetch_add(1);
           }
@@ -429,7 +436,8 @@ void map_test(Mode mode, bool churn) {
                 static_cast<unsigned long long>(writes.load()),
                 static_cast<unsigned long long>(reads.load()),
                 static_cast<unsigned long long>(hits.load()), got.size());
-    if (churn) std::printf(", %llu reader threads", static_cast<unsigned long long>(thread_starts.load()));
+    if (churn)
+      std::printf(", %llu reader threads", static_cast<unsigned long long>(thread_starts.load()));
     std::printf("\n");
   }
   expect_no_failures();
@@ -440,5 +448,233 @@ TEST(EpochStress, HashMapGuards) { map_test(Mode::guard, false); }
 TEST(EpochStress, HashMapExecutors) { map_test(Mode::executor, false); }
 TEST(EpochStress, HashMapMixed) { map_test(Mode::mixed, false); }
 TEST(EpochStress, HashMapReaderThreadChurn) { map_test(Mode::mixed, true); }
+
+// ---- barrier and fork while other threads retire -------------------------------------
+
+// Each retirer retires a few nodes at a time and publishes how many it has
+// retired, then often sleeps: its open batch goes stale and is sealed by
+// someone else (the background worker, another retirer whose batch filled),
+// or fills and is sealed by the retirer itself. Barrier threads read the
+// published counts, call am_epoch_barrier, and check that every retirement
+// counted before the call has been reclaimed ("every retirement made before
+// the call, by any thread"), also when the call comes while a batch is
+// being sealed.
+struct PerThread {
+  alignas(64) std::atomic<u64> retired{0};
+  alignas(64) std::atomic<u64> reclaimed{0};
+};
+
+void count_reclaimed(void*, void* ctx) {
+  static_cast<PerThread*>(ctx)->reclaimed.fetch_add(1, std::memory_order_relaxed);
+}
+
+TEST(EpochStress, BarrierCoversRetirementsOfOtherThreads) {
+  const unsigned kRetirers = 8, kBarriers = 2;
+  const auto deadline = Clock::now() + std::chrono::duration<double>(run_seconds());
+  std::vector<PerThread> pt(kRetirers);
+  std::atomic<u64> violations{0}, barriers{0};
+  std::atomic<bool> stop{false};
+  Watchdog dog("barrier");
+  std::vector<std::thread> th;
+  for (unsigned t = 0; t < kRetirers; ++t)
+    th.emplace_back([&, t] {
+      amt::Rng rng(1000 + t);
+      while (!stop.load(std::memory_order_relaxed)) {
+        unsigned n = static_cast<unsigned>(rng.range(1, 3));
+        for (unsigned i = 0; i < n; ++i) am_retire_fn(am_malloc(48), count_reclaimed, &pt[t]);
+        pt[t].retired.fetch_add(n, std::memory_order_release);
+        if (rng.chance(50))
+          std::this_thread::sleep_for(std::chrono::microseconds(rng.range(0, 12000)));
+      }
+    });
+  for (unsigned b = 0; b < kBarriers; ++b)
+    th.emplace_back([&] {
+      std::vector<u64> before(kRetirers);
+      while (Clock::now() < deadline) {
+        for (unsigned t = 0; t < kRetirers; ++t)
+          before[t] = pt[t].retired.load(std::memory_order_acquire);
+        am_epoch_barrier();
+        barriers.fetch_add(1);
+        for (unsigned t = 0; t < kRetirers; ++t) {
+          u64 done = pt[t].reclaimed.load(std::memory_order_relaxed);
+          if (done < before[t] && violations.fetch_add(1) < 5)
+            std::fprintf(
+                stderr,
+                "am_epoch_barrier returned with %llu of the %llu retirements thread %u made "
+                "before the call not reclaimed\n",
+                static_cast<unsigned long long>(before[t] - done),
+                static_cast<unsigned long long>(before[t]), t);
+        }
+      }
+    });
+  for (unsigned i = kRetirers; i < th.size(); ++i) th[i].join();
+  stop.store(true);
+  for (unsigned i = 0; i < kRetirers; ++i) th[i].join();
+  am_epoch_barrier();
+  u64 retired = 0;
+  for (auto& x : pt) {
+    EXPECT_EQ(x.reclaimed.load(), x.retired.load());
+    retired += x.retired.load();
+  }
+  EXPECT_EQ(violations.load(), 0u)
+      << "am_epoch_barrier missed retirements that other threads made before the call";
+  std::printf("%llu barriers, %llu retirements\n", static_cast<unsigned long long>(barriers.load()),
+              static_cast<unsigned long long>(retired));
+}
+
+// fork() while threads retire: every child reclaims what it inherited with
+// am_epoch_barrier, and no deleter may run twice or on a block that was not
+// retired (a half-written retirement entry taken over by the child).
+constexpr u64 kRetiredMark = 0x2E712ED0002E712EULL, kDeadMark = 0xDEADDEADDEADDEADULL;
+std::atomic<u64> g_bad_deleter_runs{0};
+
+void check_once(void* p, void*) {
+  u64* w = static_cast<u64*>(p);
+  u64 m = std::atomic_ref<u64>(*w).load(std::memory_order_relaxed);
+  if (m != kRetiredMark) g_bad_deleter_runs.fetch_add(1, std::memory_order_relaxed);
+  std::atomic_ref<u64>(*w).store(kDeadMark, std::memory_order_relaxed);
+}
+
+TEST(EpochStress, ForkWhileThreadsRetire) {
+  g_bad_deleter_runs.store(0);
+  const int forks = static_cast<int>(amt::scaled(1500, 100));
+  std::atomic<bool> stop{false};
+  std::atomic<u64> retired{0};
+  std::vector<std::thread> th;
+  for (unsigned t = 0; t < 2; ++t)
+    th.emplace_back([&] {
+      u64 n = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        auto* p = static_cast<u64*>(am_malloc(32));
+        p[0] = kRetiredMark;
+        am_retire_fn(p, check_once, nullptr);
+        if (++n % 1024 == 0) retired.fetch_add(1024, std::memory_order_relaxed);
+      }
+    });
+  int failures = 0;
+  for (int i = 0; i < forks && failures < 3; ++i) {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      am_epoch_barrier();
+      am_retire_fn(
+          am_malloc(32), [](void* p, void*) { static_cast<u64*>(p)[0] = 1; }, nullptr);
+      am_epoch_barrier();
+      am_epoch_stats_t s{};
+      am_epoch_stats(&s);
+      u64 bad = g_bad_deleter_runs.load();
+      if (bad != 0) {
+        std::fprintf(stderr,
+                     "fork child: %llu deleter call(s) on a block that was not (or no longer) "
+                     "retired: a retirement entry half-written at fork was run\n",
+                     static_cast<unsigned long long>(bad));
+        _exit(3);
+      }
+      if (s.pending != 0) {
+        std::fprintf(stderr, "fork child: %llu retirements pending after am_epoch_barrier\n",
+                     static_cast<unsigned long long>(s.pending));
+        _exit(4);
+      }
+      _exit(0);
+    }
+    int status = 0;
+    auto limit = Clock::now() + 60s;
+    pid_t w = 0;
+    while ((w = waitpid(pid, &status, WNOHANG)) == 0 && Clock::now() < limit)
+      std::this_thread::sleep_for(200us);
+    if (w == 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      ADD_FAILURE() << "fork child " << i << " hung and was killed";
+      ++failures;
+    } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      ++failures;
+      if (WIFSIGNALED(status))
+        ADD_FAILURE() << "fork child " << i << " killed by signal " << WTERMSIG(status)
+                      << " (a bad free of a block a deleter had already freed?)";
+      else
+        ADD_FAILURE() << "fork child " << i << " exited with code " << WEXITSTATUS(status);
+    }
+  }
+  stop.store(true);
+  for (auto& t : th) t.join();
+  am_epoch_barrier();
+  EXPECT_EQ(g_bad_deleter_runs.load(), 0u) << "in the parent";
+  std::printf("%d forks while 2 threads retired about %llu blocks\n", forks,
+              static_cast<unsigned long long>(retired.load()));
+}
+
+// ---- liveness while other threads keep retiring -------------------------------------
+
+// am_epoch_barrier waits for the retirements made before it, not for those
+// made after: it must return even when other threads retire faster than
+// one thread can run the deleters (slow deleters, several producers). A
+// thread's exit must not be held up by them either. The producers stop
+// after kLimit whatever happens, so a failure is reported, not a hang.
+void slow_deleter(void* p, void* ctx) {
+  auto until = Clock::now() + std::chrono::microseconds(20);
+  while (Clock::now() < until) {
+  }
+  static_cast<std::atomic<u64>*>(ctx)->fetch_add(1, std::memory_order_relaxed);
+  (void)p;
+}
+
+template <class F>
+double seconds_while_others_retire(F f, u64* produced) {
+  constexpr auto kLimit = 10s;
+  std::atomic<bool> stop{false};
+  std::atomic<u64> reclaimed{0}, retired{0};
+  std::vector<std::thread> producers;
+  for (int t = 0; t < 4; ++t)
+    producers.emplace_back([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+        am_retire_fn(am_malloc(32), slow_deleter, &reclaimed);
+        retired.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  std::this_thread::sleep_for(100ms);  // a backlog builds up
+  std::atomic<bool> done{false};
+  auto t0 = Clock::now();
+  std::thread th([&] {
+    f();
+    done.store(true);
+  });
+  while (!done.load() && Clock::now() - t0 < kLimit) std::this_thread::sleep_for(1ms);
+  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  stop.store(true);
+  for (auto& p : producers) p.join();
+  th.join();
+  am_epoch_barrier();
+  *produced = retired.load();
+  EXPECT_EQ(reclaimed.load(), retired.load());
+  return done.load() || secs < 9.9 ? secs : 1e9;
+}
+
+TEST(EpochStress, BarrierReturnsWhileOthersKeepRetiring) {
+  u64 n = 0;
+  double secs = seconds_while_others_retire([] { am_epoch_barrier(); }, &n);
+  EXPECT_LT(secs, 10.0) << "am_epoch_barrier did not return within 10 s while 4 threads kept "
+                           "retiring (it ran their newer retirements' deleters as well?)";
+  std::printf("barrier took %.3f s while 4 threads retired %llu blocks\n", secs < 1e8 ? secs : -1.0,
+              static_cast<unsigned long long>(n));
+}
+
+TEST(EpochStress, ThreadExitWhileOthersKeepRetiring) {
+  u64 n = 0;
+  double secs = seconds_while_others_retire(
+      [] {
+        // A thread that retired a little and exits: its exit must end.
+        std::thread([] {
+          for (int i = 0; i < 200; ++i) am_retire(am_malloc(64));
+        }).join();
+      },
+      &n);
+  EXPECT_LT(secs, 10.0) << "a thread's exit took over 10 s while 4 threads kept retiring (its exit "
+                           "ran their deleters as long as there were any?)";
+  std::printf("thread exit took %.3f s while 4 threads retired %llu blocks\n",
+              secs < 1e8 ? secs : -1.0, static_cast<unsigned long long>(n));
+}
 
 }  // namespace

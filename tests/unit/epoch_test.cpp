@@ -374,17 +374,24 @@ int wait_child(pid_t pid, bool* timed_out) {
 TEST(Epoch, ForkWithPendingRetirements) {
   std::atomic<u64> parent_n{0};
   PinnedReader r;  // pinned in the parent; does not exist in the child
-  std::thread executor_thread;
   std::atomic<bool> exec_quit{false};
   std::atomic<int> exec_ready{0};
   // An executor that has stopped at an idle point (not offline): in the
   // parent it holds reclamation up; in the child it is gone.
-  executor_thread = std::thread([&] {
+  std::thread executor_thread([&] {
     amalloc::epoch::executor ex;
     am_executor_idle();
     exec_ready.store(1);
     wait_until([&] { return exec_quit.load(); }, "executor waiting to quit");
   });
+  struct Joiner {  // also when an ASSERT returns early
+    std::atomic<bool>& quit;
+    std::thread& t;
+    ~Joiner() {
+      quit.store(true);
+      if (t.joinable()) t.join();
+    }
+  } joiner{exec_quit, executor_thread};
   wait_until([&] { return exec_ready.load() == 1; }, "executor registering");
   retire_counted(100, 64, parent_n);
   for (int round = 0; round < 3; ++round) {
@@ -517,8 +524,8 @@ void allocating_fn(void* p, void* ctx) {
   amt::Rng rng(seed);
   // Small, medium, large blocks and a realloc, all freed here.
   std::vector<std::pair<void*, std::size_t>> blocks;
-  for (std::size_t n : {std::size_t{16}, std::size_t{700}, std::size_t{20000},
-                        std::size_t{300000}, static_cast<std::size_t>(rng.range(1, 5000))}) {
+  for (std::size_t n : {std::size_t{16}, std::size_t{700}, std::size_t{20000}, std::size_t{300000},
+                        static_cast<std::size_t>(rng.range(1, 5000))}) {
     void* b = am_malloc(n);
     amt::fill_pattern(b, n, seed + n);
     blocks.emplace_back(b, n);
@@ -563,19 +570,25 @@ TEST(Epoch, DeferPassesPointerAndContext) {
     std::atomic<u64> calls{0};
     std::atomic<void*> p{nullptr};
   } seen;
-  am_epoch_defer(reinterpret_cast<void*>(std::uintptr_t{42}), [](void* p, void* ctx) {
-    auto* s = static_cast<Seen*>(ctx);
-    s->p.store(p);
-    s->calls.fetch_add(1);
-  }, &seen);
+  am_epoch_defer(
+      reinterpret_cast<void*>(std::uintptr_t{42}),
+      [](void* p, void* ctx) {
+        auto* s = static_cast<Seen*>(ctx);
+        s->p.store(p);
+        s->calls.fetch_add(1);
+      },
+      &seen);
   // A block of another allocator, released by the callback.
   int* other = static_cast<int*>(std::malloc(sizeof(int)));
   *other = 7;
   std::atomic<int> freed{0};
-  am_epoch_defer(other, [](void* p, void* ctx) {
-    static_cast<std::atomic<int>*>(ctx)->store(*static_cast<int*>(p));
-    std::free(p);
-  }, &freed);
+  am_epoch_defer(
+      other,
+      [](void* p, void* ctx) {
+        static_cast<std::atomic<int>*>(ctx)->store(*static_cast<int*>(p));
+        std::free(p);
+      },
+      &freed);
   amalloc::epoch::barrier();
   EXPECT_EQ(seen.calls.load(), 1u);
   EXPECT_EQ(seen.p.load(), reinterpret_cast<void*>(std::uintptr_t{42}));
@@ -898,7 +911,8 @@ TEST(Epoch, StatsCountRetiredReclaimedPending) {
     EXPECT_GE(pinned.threads, 1u) << "the pinned reader is registered";
     for (int i = 0; i < 100; ++i) am_retire(am_malloc(200));
     retire_counted(50, 1000, n);
-    for (int i = 0; i < 10; ++i) am_epoch_defer(reinterpret_cast<void*>(std::uintptr_t{1}), count_fn, &n);
+    for (int i = 0; i < 10; ++i)
+      am_epoch_defer(reinterpret_cast<void*>(std::uintptr_t{1}), count_fn, &n);
     am_epoch_stats_t mid = epoch_stats();
     EXPECT_EQ(mid.retired - before.retired, 160u);
     EXPECT_EQ(mid.reclaimed, before.reclaimed) << "nothing reclaimed while the reader is pinned";
