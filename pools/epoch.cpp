@@ -24,12 +24,8 @@
 
 namespace am::epoch {
 
-std::atomic<uint64_t> g_epoch{1};
-bool g_membarrier;
 std::atomic<uint64_t> g_sealed_batches;
 __thread Record* t_rec;
-__thread uint32_t t_nest;
-__thread uint8_t t_perm;
 
 namespace {
 
@@ -76,14 +72,14 @@ void lock_open(Record* r) {
 void unlock_open(Record* r) { r->open_lock.store(0, std::memory_order_release); }
 
 void heavy_fence() {
-  if (g_membarrier)
+  if (membarrier_on())
     os_membarrier();
   else
     std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 
 void append_sealed(Batch* b) {  // under g_mu
-  b->tag = g_epoch.load(std::memory_order_seq_cst);
+  b->tag = epoch_now().load(std::memory_order_seq_cst);
   b->seq = ++g_seal_seq;
   b->next = nullptr;
   if (g_sealed_tail)
@@ -166,7 +162,7 @@ AM_COLD void warn_pinned(Record* r, uint64_t stale, uint64_t e) {
 
 // One advance if every pinned record shows the current epoch.
 bool try_advance() {
-  uint64_t e = g_epoch.load(std::memory_order_acquire);
+  uint64_t e = epoch_now().load(std::memory_order_acquire);
   heavy_fence();
   for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) {
     uint64_t s = r->state.load(std::memory_order_acquire);
@@ -176,7 +172,7 @@ bool try_advance() {
       return false;
     }
   }
-  if (g_epoch.compare_exchange_strong(e, e + 1, std::memory_order_acq_rel)) {
+  if (epoch_now().compare_exchange_strong(e, e + 1, std::memory_order_acq_rel)) {
     stats_add(g_advances, 1);
     g_advanced_ms.store(os_now_ms(), std::memory_order_relaxed);
   }
@@ -209,7 +205,7 @@ void reclaim(uint64_t max = ~uint64_t{0}) {
     Batch* chain = nullptr;
     {
       MuGuard g;
-      uint64_t e = g_epoch.load(std::memory_order_acquire);
+      uint64_t e = epoch_now().load(std::memory_order_acquire);
       Batch** tail = &chain;
       for (uint64_t k = max;
            k > 0 && g_sealed_head && g_sealed_head->tag + 2 <= e && g_sealed_head->seq <= last;
@@ -246,7 +242,7 @@ void backoff(uint32_t round) {
 
 // Waits until the epoch reaches `target`, reclaiming on the way.
 void wait_epoch(uint64_t target) {
-  for (uint32_t round = 0; g_epoch.load(std::memory_order_acquire) < target; round++)
+  for (uint32_t round = 0; epoch_now().load(std::memory_order_acquire) < target; round++)
     if (!try_advance()) backoff(round);
 }
 
@@ -283,6 +279,7 @@ void thread_exit(void* v) {
     r->in_use = 0;
   }
   t_rec = nullptr;
+  am_epoch_self_.pin = nullptr;
   // Leave no work behind for nobody: give the batches a chance now.
   if (g_sealed_batches.load(std::memory_order_relaxed)) {
     try_advance();
@@ -329,7 +326,7 @@ void fork_child() {
   if (g_fork_took_reclaim) g_reclaiming.store(0, std::memory_order_relaxed);
   // The registration belongs to the parent's mm; only this thread runs, so
   // switching to fences is safe if the child cannot register.
-  if (g_membarrier) g_membarrier = os_membarrier_register();
+  if (membarrier_on()) am_epoch_reader_fence_ = os_membarrier_register() ? 0 : 1;
 }
 
 void stats_hook(int fd, bool json);
@@ -347,7 +344,7 @@ uint64_t background_task(uint64_t now) {
 }
 
 void init_once() {
-  g_membarrier = os_membarrier_register();
+  am_epoch_reader_fence_ = os_membarrier_register() ? 0 : 1;
   g_advanced_ms.store(os_now_ms(), std::memory_order_relaxed);
   pthread_key_create(&g_key, thread_exit);
   pthread_atfork(fork_prepare, fork_parent, fork_child);
@@ -529,6 +526,7 @@ Record* register_thread() {
     r->tid = os_gettid();
   }
   t_rec = r;
+  am_epoch_self_.pin = reinterpret_cast<uint64_t*>(&r->state);
   pthread_setspecific(g_key, r);
   return r;
 }
@@ -574,7 +572,23 @@ AM_NOINLINE void idle_slow(Record* r) {
 
 using namespace am::epoch;
 
+static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t) &&
+              alignof(std::atomic<uint64_t>) == alignof(uint64_t));
+
 extern "C" {
+
+__thread am_epoch_self_t am_epoch_self_;
+uint64_t am_epoch_global_ = 1;
+// A full fence on each pin until membarrier is known to work (init_once).
+int am_epoch_reader_fence_ = 1;
+
+void am_epoch_pin_slow_(void) {
+  Record* r = t_rec;
+  if (!r) r = register_thread();
+  pin(r);
+}
+
+void am_epoch_unpin_slow_(void) { leave(); }
 
 void am_epoch_enter(void) { enter(); }
 void am_epoch_exit(void) { leave(); }
@@ -593,7 +607,7 @@ void am_epoch_defer(void* p, void (*fn)(void* p, void* ctx), void* ctx) {
 void am_epoch_synchronize(void) {
   if (!t_rec) register_thread();
   unpinned_wait("am_epoch_synchronize", [] {
-    wait_epoch(g_epoch.load(std::memory_order_acquire) + 2);
+    wait_epoch(epoch_now().load(std::memory_order_acquire) + 2);
     reclaim();
   });
 }
@@ -650,7 +664,7 @@ AM_APPROXIMATE_READS void am_epoch_stats(am_epoch_stats_t* out) {
   uint64_t open_n = 0, open_bytes = 0, threads = 0;
   open_totals(&open_n, &open_bytes);
   for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) threads += r->in_use;
-  out->epoch = g_epoch.load(std::memory_order_relaxed);
+  out->epoch = epoch_now().load(std::memory_order_relaxed);
   out->threads = threads;
   out->reclaimed = g_reclaimed.load(std::memory_order_relaxed);
   out->retired = g_retired.load(std::memory_order_relaxed) + open_n;

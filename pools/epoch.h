@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "allocator/config.h"
+#include "amalloc/amalloc.h"
 
 namespace am::epoch {
 
@@ -45,18 +46,19 @@ struct alignas(64) Record {
   std::atomic<uint64_t> warned;    // the stale epoch already reported
 };
 
-extern std::atomic<uint64_t> g_epoch;
+// The global epoch, exported for the inline pins of amalloc.h.
+inline std::atomic_ref<uint64_t> epoch_now() { return std::atomic_ref<uint64_t>(am_epoch_global_); }
 // Chosen once, before the first record exists: readers use a compiler
 // barrier when the reclaimer can use membarrier, else a full fence.
-extern bool g_membarrier;
+inline bool membarrier_on() { return am_epoch_reader_fence_ == 0; }
 extern std::atomic<uint64_t> g_sealed_batches;  // sealed, not reclaimed
 
 // The calling thread's state. `nest` counts its pins; a registered executor
 // that is online holds one of them for good (`perm` = 1): quiescent-state
 // mode, where guards nest inside.
 extern __thread Record* t_rec;
-extern __thread uint32_t t_nest;
-extern __thread uint8_t t_perm;
+#define t_nest am_epoch_self_.nest
+#define t_perm am_epoch_self_.perm
 
 Record* register_thread();
 // One line naming the function (and the pointer, if any).
@@ -66,9 +68,9 @@ AM_NOINLINE void idle_slow(Record* r);
 AM_INLINE void pin(Record* r) {
   // Release (a plain store on x86): a reclaimer that reads this pin also
   // sees everything this thread read under its earlier pins.
-  r->state.store((g_epoch.load(std::memory_order_acquire) << 1) | 1, std::memory_order_release);
+  r->state.store((epoch_now().load(std::memory_order_acquire) << 1) | 1, std::memory_order_release);
   // The store must be visible before this thread reads the structure.
-  if (g_membarrier)
+  if (membarrier_on())
     std::atomic_signal_fence(std::memory_order_seq_cst);
   else
     std::atomic_thread_fence(std::memory_order_seq_cst);

@@ -135,6 +135,40 @@ AM_API void am_frame_stats(size_t size, am_frame_stats_t* out);
 /* Pin / unpin the calling thread. Nestable; only the outermost pair counts. */
 AM_API void am_epoch_enter(void);
 AM_API void am_epoch_exit(void);
+
+/* The same, inlined into the caller (what amalloc::epoch::guard uses): a
+ * nest count, and at the outermost level one load of the epoch and one
+ * store. They read and write the state below, which is amalloc's own. */
+typedef struct am_epoch_self_s {
+  uint32_t nest; /* pins held; an online executor holds one for good */
+  uint32_t perm; /* 1: an online executor */
+  uint64_t* pin; /* the thread's pin word; NULL until it registers */
+} am_epoch_self_t;
+AM_API extern __thread am_epoch_self_t am_epoch_self_ __attribute__((tls_model("initial-exec")));
+AM_API extern uint64_t am_epoch_global_;  /* the global epoch */
+AM_API extern int am_epoch_reader_fence_; /* 1: no membarrier, readers fence */
+AM_API void am_epoch_pin_slow_(void);
+AM_API void am_epoch_unpin_slow_(void);
+
+static inline void am_epoch_enter_fast(void) {
+  if (am_epoch_self_.nest++ != 0) return;
+  if (__builtin_expect(am_epoch_self_.pin == NULL || am_epoch_reader_fence_, 0)) {
+    am_epoch_pin_slow_();
+    return;
+  }
+  __atomic_store_n(am_epoch_self_.pin,
+                   (__atomic_load_n(&am_epoch_global_, __ATOMIC_ACQUIRE) << 1) | 1,
+                   __ATOMIC_RELEASE);
+  __atomic_signal_fence(__ATOMIC_SEQ_CST); /* the reclaimer's membarrier does the rest */
+}
+
+static inline void am_epoch_exit_fast(void) {
+  if (__builtin_expect(am_epoch_self_.nest <= am_epoch_self_.perm, 0)) {
+    am_epoch_unpin_slow_(); /* reports the misuse */
+    return;
+  }
+  if (--am_epoch_self_.nest == 0) __atomic_store_n(am_epoch_self_.pin, 0, __ATOMIC_RELEASE);
+}
 /* Free `p` (a block from amalloc) after a grace period. */
 AM_API void am_retire(void* p);
 /* After a grace period call fn(p, ctx), then free `p` (a block from amalloc). */

@@ -140,7 +140,7 @@ namespace epoch {
 class guard {
  public:
   guard() noexcept {
-    am_epoch_enter();
+    am_epoch_enter_fast();
 #ifndef NDEBUG
     owner_ = std::this_thread::get_id();
 #endif
@@ -155,7 +155,7 @@ class guard {
       std::abort();
     }
 #endif
-    am_epoch_exit();
+    am_epoch_exit_fast();
   }
   guard(const guard&) = delete;
   guard& operator=(const guard&) = delete;
