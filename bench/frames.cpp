@@ -1,21 +1,27 @@
-// Coroutine frames: create + resume + destroy, on one thread and across
-// threads (created on a producer, destroyed on a consumer through a ring),
-// for three frame sources:
-//   Global    the global operator new (glibc, or whichever allocator is
+// Coroutine frames: create + resume + destroy, on one executor (thread) and
+// across two (created on a producer, destroyed on a consumer that a
+// blocking ring hands them to), for three frame sources:
+//   global    the global operator new (glibc, or whichever allocator is
 //             LD_PRELOADed: run this binary under each),
-//   Pooled    amalloc::pooled_frame (amalloc's frame pools, from
+//   pools     amalloc::pooled_frame (amalloc's frame pools, from
 //             amalloc_core: they work whatever the global allocator is),
-//   Naive     an unsynchronised thread-local exact-size free list (the
+//   list      an unsynchronised thread-local exact-size free list (the
 //             floor on one thread; the pathological case across threads:
-//             the consumer's list grows while the producer's stays empty).
+//             the consumer's list grows while the producer's stays empty,
+//             so every frame is a new global allocation).
 // Each frame holds a 200-byte local buffer, like a small request handler.
+// frames_asio.cpp does the same with Boost.Asio's awaitable frames.
 #include <benchmark/benchmark.h>
+#include <dlfcn.h>
 
 #include <amalloc/amalloc.hpp>
-#include <atomic>
+#include <chrono>
 #include <coroutine>
 #include <cstring>
 #include <thread>
+#include <type_traits>
+
+#include "frames_common.h"
 
 namespace {
 
@@ -48,6 +54,25 @@ struct NaiveFrame {
 
 struct GlobalFrame {};
 
+// What a side of the cross-thread ring calls when it runs out of work: the
+// idle point of the allocator its frames come from. The pools' is
+// amalloc::executor_idle (the amalloc_core linked in here). The global
+// operator new's is libamalloc.so's when that is preloaded: it is a second,
+// separate engine, found after this program in the lookup order (RTLD_NEXT);
+// the other allocators have none.
+template <class Base>
+void (*idle_point())() {
+  if constexpr (std::is_same_v<Base, amalloc::pooled_frame>) {
+    return [] { amalloc::executor_idle(); };
+  } else if constexpr (std::is_same_v<Base, GlobalFrame>) {
+    static void (*const preloaded)() =
+        reinterpret_cast<void (*)()>(dlsym(RTLD_NEXT, "am_executor_idle"));
+    return preloaded;
+  } else {
+    return nullptr;
+  }
+}
+
 template <class Base>
 struct Task {
   struct promise_type : Base {
@@ -71,71 +96,93 @@ __attribute__((noinline)) Task<Base> handler(int x) {
   co_return buffer[x % 200] + 1;
 }
 
+using bench::Clock;
+using bench::count_frames;
+
+// The pools' counters summed over every frame size (only the handler's size
+// has traffic here), to tell how many creations missed the pools.
+am_frame_stats_t pool_totals() {
+  am_frame_stats_t sum{};
+  for (size_t size = 16; size <= 4096; size += 16) {
+    am_frame_stats_t s;
+    am_frame_stats(size, &s);
+    sum.hits += s.hits;
+    sum.misses += s.misses;
+    sum.remote_frees += s.remote_frees;
+  }
+  return sum;
+}
+
+// For the pools: the share of creations that missed them (and went to
+// amalloc_core's malloc) during this run.
+template <class Base>
+struct PoolMisses {
+  am_frame_stats_t before = pool_totals();
+  void report(benchmark::State& state) {
+    if constexpr (std::is_same_v<Base, amalloc::pooled_frame>) {
+      const am_frame_stats_t after = pool_totals();
+      const double misses = static_cast<double>(after.misses - before.misses);
+      const double all = misses + static_cast<double>(after.hits - before.hits);
+      state.counters["pool_miss_pct"] = all > 0 ? 100 * misses / all : 0;
+    }
+  }
+};
+
 template <class Base>
 void BM_SameThread(benchmark::State& state) {
+  PoolMisses<Base> pool_misses;
   int sum = 0;
+  const Clock::time_point start = Clock::now();
   for (auto _ : state) {
     Task<Base> t = handler<Base>(static_cast<int>(sum & 1023));
     t.h.resume();
     sum += t.h.promise().value;
     t.h.destroy();
   }
+  const Clock::time_point end = Clock::now();
   benchmark::DoNotOptimize(sum);
-  state.SetItemsProcessed(state.iterations());
+  count_frames(state, end - start);
+  pool_misses.report(state);
 }
 
-// A single-producer single-consumer ring of coroutine handles.
-template <class Base>
-struct Ring {
-  static constexpr size_t kSize = 1024;
-  std::coroutine_handle<typename Task<Base>::promise_type> slots[kSize];
-  alignas(64) std::atomic<size_t> head{0};
-  alignas(64) std::atomic<size_t> tail{0};
-};
-
+// Across two executors: the producer (the benchmark thread) creates frames
+// and hands them over a blocking ring to a consumer thread, which resumes
+// each to completion and destroys it there. The time is from the first
+// creation to the last destruction (manual time), so a consumer that lags
+// cannot hide work after the producer's loop ends.
 template <class Base>
 void BM_CrossThread(benchmark::State& state) {
-  Ring<Base> ring;
-  std::atomic<bool> stop{false};
-  std::atomic<long> consumed{0};
+  using Handle = std::coroutine_handle<typename Task<Base>::promise_type>;
+  PoolMisses<Base> pool_misses;
+  bench::BlockingRing<Handle> ring(idle_point<Base>());
+  bench::CoreToCore c2c;
+  long sum = 0;
+  Clock::time_point last_destroy;
   std::thread consumer([&] {
-    size_t tail = 0;
-    long n = 0;
-    for (;;) {
-      size_t head = ring.head.load(std::memory_order_acquire);
-      if (tail == head) {
-        if (stop.load(std::memory_order_acquire) &&
-            tail == ring.head.load(std::memory_order_acquire))
-          break;
-        amalloc::executor_idle();  // a consumer about to wait: its idle point
-        std::this_thread::yield();
-        continue;
-      }
-      while (tail != head) {
-        auto h = ring.slots[tail % Ring<Base>::kSize];
-        h.resume();
-        n += h.promise().value;
-        h.destroy();
-        tail++;
-      }
-      ring.tail.store(tail, std::memory_order_release);
+    c2c.bounce(1, 0);
+    Handle h;
+    while (ring.pop(h)) {
+      h.resume();
+      sum += h.promise().value;
+      h.destroy();
     }
-    consumed = n;
+    last_destroy = Clock::now();
+    c2c.bounce(1, 1);
   });
-  size_t head = 0;
+  c2c.bounce(0, 0);
+  int i = 0;
+  long expected = 0;
+  const Clock::time_point first_create = Clock::now();
   for (auto _ : state) {
-    while (head - ring.tail.load(std::memory_order_acquire) >= Ring<Base>::kSize) {
-      amalloc::executor_idle();
-      std::this_thread::yield();
-    }
-    ring.slots[head % Ring<Base>::kSize] = handler<Base>(static_cast<int>(head & 1023)).h;
-    head++;
-    ring.head.store(head, std::memory_order_release);
+    const int x = i++ & 1023;
+    expected += bench::handler_result(x);
+    ring.push(handler<Base>(x).h);
   }
-  stop = true;
+  ring.close();
+  c2c.bounce(0, 1);
   consumer.join();
-  benchmark::DoNotOptimize(consumed.load());
-  state.SetItemsProcessed(state.iterations());
+  bench::finish_cross(state, last_destroy - first_create, sum, expected, ring, c2c);
+  pool_misses.report(state);
 }
 
 // The idle point of an executor with nothing to do (it has a heap and a
@@ -147,13 +194,17 @@ void BM_IdleNothingToDo(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 
+// Names: BM_FrameOne/SOURCE (one executor) and BM_FrameCross/SOURCE (across
+// two); scripts/compare and am_bench_frames_asio use the same scheme.
 BENCHMARK(BM_IdleNothingToDo);
-BENCHMARK_TEMPLATE(BM_SameThread, GlobalFrame);
-BENCHMARK_TEMPLATE(BM_SameThread, amalloc::pooled_frame);
-BENCHMARK_TEMPLATE(BM_SameThread, NaiveFrame);
-BENCHMARK_TEMPLATE(BM_CrossThread, GlobalFrame)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_CrossThread, amalloc::pooled_frame)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_CrossThread, NaiveFrame)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_SameThread, GlobalFrame)->Name("BM_FrameOne/global")->UseRealTime();
+BENCHMARK_TEMPLATE(BM_SameThread, amalloc::pooled_frame)->Name("BM_FrameOne/pools")->UseRealTime();
+BENCHMARK_TEMPLATE(BM_SameThread, NaiveFrame)->Name("BM_FrameOne/list")->UseRealTime();
+BENCHMARK_TEMPLATE(BM_CrossThread, GlobalFrame)->Name("BM_FrameCross/global")->UseManualTime();
+BENCHMARK_TEMPLATE(BM_CrossThread, amalloc::pooled_frame)
+    ->Name("BM_FrameCross/pools")
+    ->UseManualTime();
+BENCHMARK_TEMPLATE(BM_CrossThread, NaiveFrame)->Name("BM_FrameCross/list")->UseManualTime();
 
 }  // namespace
 

@@ -28,11 +28,14 @@ import sys
 
 KIND_TITLE = {  # markdown
     "micro": "micro-benchmarks (`am_bench_throughput`, ns per item)",
+    "frames": "coroutine frames (`am_bench_frames`, ns per frame): global new, Asio's recycling",
     "program": "`am_workload` (wall seconds of the whole process)",
     "wl": "workload programs (`am_wl_*`, their primary metric)",
 }
-KIND_MD = {"micro": "micro-benchmarks", "program": "`am_workload`", "wl": "`am_wl_*` programs"}
-KIND_SHORT = {"micro": "micro-benchmarks", "program": "am_workload", "wl": "am_wl_* programs"}
+KIND_MD = {"micro": "micro-benchmarks", "frames": "coroutine frames", "program": "`am_workload`",
+           "wl": "`am_wl_*` programs"}
+KIND_SHORT = {"micro": "micro-benchmarks", "frames": "frames", "program": "am_workload",
+              "wl": "am_wl_* programs"}
 COLORS = {"glibc": "#7f7f7f", "jemalloc": "#1f77b4", "mimalloc": "#2ca02c",
           "tcmalloc": "#ff7f0e", "amalloc": "#d62728"}
 EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
@@ -172,7 +175,7 @@ def classify(r, raw, facts, warn):
     if rc != 0:
         return fail("crash" if rc > 128 else "exit",
                     f"crash ({signame(rc - 128)})" if rc > 128 else f"exit status {rc}")
-    if r["kind"] == "micro":
+    if r["kind"] in ("micro", "frames"):
         try:
             data = json.loads(text)
             b = [x for x in data.get("benchmarks", []) if x.get("run_type", "iteration") == "iteration"]
@@ -183,7 +186,9 @@ def classify(r, raw, facts, warn):
         if b[0].get("error_occurred"):
             return fail("wrong", "benchmark error: " + str(b[0].get("error_message", ""))[:80])
         ips = b[0].get("items_per_second")
-        if ips:
+        if r["kind"] == "frames" and is_num(b[0].get("ns_per_frame")):
+            r["value"], r["metric"] = float(b[0]["ns_per_frame"]), "ns/frame"
+        elif ips:
             r["value"], r["metric"] = 1e9 / ips, "ns/item"
         else:
             scale = {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}.get(b[0].get("time_unit", "ns"), 1)
@@ -225,11 +230,123 @@ def geomean(xs):
 
 def is_speed(kind, metric):
     """A time or a throughput (not a memory figure such as rss_after_1s_pct)."""
-    return kind in ("micro", "program") or metric == "time_s" or (metric or "").endswith("_per_s")
+    return (kind in ("micro", "frames", "program") or metric == "time_s"
+            or (metric or "").endswith("_per_s"))
 
 
 def short(name):
     return name.replace("BM_", "").replace("/threads:", " t")
+
+
+def frame_source(w):
+    """BM_FrameOne/pools -> pools (am_bench_frames' names: BM_Frame{One,Cross}/SOURCE)."""
+    return w.rsplit("/", 1)[-1]
+
+
+def is_frame_extra(w, kinds):
+    """A frame source that is not the global operator new nor Asio's recycling
+    (amalloc's pools, the unsynchronised list): it runs under one or two
+    preloads only, so it is not a row of the allocator tables."""
+    return kinds[w] == "frames" and frame_source(w) in ("pools", "list")
+
+
+def frames_section(order_all, kinds, agg, allocs, runs):
+    """The coroutine-frame table (one row per frame source and preloaded
+    allocator; one executor and across two) and the two targets of the frame
+    pools. Returns the markdown lines and the JSON object (None: no frames)."""
+    ws = {w for w in order_all if kinds[w] == "frames"}
+    if not ws:
+        return [], None
+
+    def label(source, a):
+        if source == "global":
+            return f"global operator new, {a}" + (" (no preload)" if a == "glibc" else "")
+        if source == "pools":
+            return ("amalloc frame pools (amalloc preloaded)" if a == "amalloc"
+                    else f"amalloc frame pools + {a} global")
+        if source == "list":
+            return f"unsynchronised thread-local list + {a} global"
+        if source == "asio":
+            return f"Boost.Asio recycling + {a} global"
+        return f"{source}, {a}"
+
+    def stat(w, a):
+        g = agg.get((w, a)) if w in ws else None
+        if g is None:
+            return None
+        return dict(median=g["median"], min=g["min"], max=g["max"], runs=g["runs"], failed=g["failed"])
+
+    rows = []
+    for source in ("global", "pools", "list", "asio"):
+        # The pools under amalloc first, then beside another global allocator.
+        for a in sorted(allocs, key=lambda a: source == "pools" and a != "amalloc"):
+            one, cross = stat("BM_FrameOne/" + source, a), stat("BM_FrameCross/" + source, a)
+            if one or cross:
+                rows.append(dict(source=source, allocator=a, label=label(source, a), one=one, cross=cross))
+
+    def cell(st):
+        if st is None:
+            return "-"
+        if st["failed"]:
+            return "**FAIL**"
+        if st["runs"] > 1:
+            return f"{num(st['median'])} ({num(st['min'])}–{num(st['max'])})"
+        return num(st["median"])
+
+    md = ["## Coroutine frames: create + resume + destroy (`am_bench_frames`, ns per frame)\n",
+          "A coroutine with a 200-byte local buffer. One executor: created, resumed to the end and "
+          "destroyed on one thread. Across two: created on one thread, handed over a blocking ring, "
+          "resumed and destroyed on another; the time runs from the first creation to the last "
+          "destruction. Median over the runs (in parentheses the fastest and the slowest run).\n",
+          "| frames from | one executor | across two |", "|---|---:|---:|"]
+    md += [f"| {r['label']} | {cell(r['one'])} | {cell(r['cross'])} |" for r in rows]
+    md.append("")
+    # Each cross-thread run measures how long a cache line takes from one
+    # core to the other, before and after its timed part: the slower of the
+    # two says whether the run was near, far or disturbed.
+    c2c = sorted(max(b, a) for r in runs if r["kind"] == "frames" and r["ok"]
+                 for b, a in [(r["gbench"].get("c2c_ns_before"), r["gbench"].get("c2c_ns_after"))]
+                 if is_num(b) and is_num(a))
+    if c2c:
+        far = sum(1 for v in c2c if v > 120)
+        md.append(f"A cache line took {num(statistics.median(c2c))} ns from one core to the other "
+                  f"(median over the cross-thread runs, the slower of their `c2c_ns_before` and "
+                  f"`c2c_ns_after`); {far} of {len(c2c)} runs saw over 120 ns (threads placed far "
+                  "apart, or preempted), which typically makes a run 3-4x slower whatever its "
+                  "frames come from.\n")
+
+    def med(source, a, case):
+        r = next((r for r in rows if r["source"] == source and r["allocator"] == a), None)
+        st = r and r[case]
+        return st["median"] if st and not st["failed"] and st["median"] else None
+
+    targets = []
+    lst = med("list", "amalloc", "one")
+    peers = [(med(r["source"], r["allocator"], "cross"), r["label"]) for r in rows
+             if r["source"] in ("global", "asio") and r["allocator"] != "amalloc"]
+    peers = [p for p in peers if p[0]]
+    best = min(peers) if peers else None
+    for a in ("amalloc", "mimalloc"):
+        name = label("pools", a)
+        one, cross = med("pools", a, "one"), med("pools", a, "cross")
+        if one and lst:
+            q = one / lst
+            targets.append(dict(what=f"{name}, one executor: time / the unsynchronised list's",
+                                value=q, target="<= 1.15", met=q <= 1.15))
+        if cross and best:
+            q = best[0] / cross
+            targets.append(dict(what=f"{name}, across two: how many times faster than the best peer "
+                                     f"({best[1]}, {num(best[0])} ns)",
+                                value=q, target=">= 1.3", met=q >= 1.3))
+    if targets:
+        md.append("| what | measured | target | met |")
+        md.append("|---|---:|---:|---|")
+        for t in targets:
+            md.append(f"| {t['what']} | {t['value']:.2f} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
+        md.append("\nPeers: the global operator new and Asio's recycling under every allocator but "
+                  "amalloc.\n")
+    return md, dict(rows=rows, targets=targets,
+                    c2c_ns=dict(median=statistics.median(c2c), over_120=far, runs=len(c2c)) if c2c else None)
 
 
 def median_run(runs):
@@ -490,8 +607,8 @@ def main():
             if not r["ok"]:
                 r["stderr_tail"] = tail(os.path.join(raw, rid + ".err"))
             runs.append(r)
-    kind_rank = {"micro": 0, "program": 1, "wl": 2}
-    order.sort(key=lambda w: kind_rank.get(kinds[w], 3))  # stable: keeps run order within a kind
+    kind_rank = {"micro": 0, "frames": 1, "program": 2, "wl": 3}
+    order.sort(key=lambda w: kind_rank.get(kinds[w], 4))  # stable: keeps run order within a kind
 
     # Medians per (workload, allocator).
     agg = {}
@@ -534,6 +651,10 @@ def main():
 
     fails = {(w, a) for (w, a), g in agg.items() if g["failed"]}
     speed = {w: is_speed(kinds[w], metric_of[w]) for w in order}
+    # The frame pools and the list have their own table (frames_section);
+    # every other table, mean and chart is over `order`.
+    order_all = order
+    order = [w for w in order_all if not is_frame_extra(w, kinds)]
     no_ref = [w for w in order if (w, ref) in agg and agg[(w, ref)]["failed"]]
     f3 = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
 
@@ -720,6 +841,9 @@ def main():
     else:
         lat, lat_wls, geo = {}, [], {}
 
+    frames_md, frames = frames_section(order_all, kinds, agg, allocs, runs)
+    md += frames_md
+
     cg = os.path.join(raw, "instructions.md")
     if os.path.exists(cg) and os.path.getsize(cg) > 0:
         md.append("## Instructions per malloc+free pair (callgrind)\n")
@@ -818,9 +942,11 @@ def main():
         allocators={a: dict(version=facts.get(f"alloc.{a}.version"), lib=facts.get(f"alloc.{a}.lib") or None)
                     for a in allocs},
         workloads=[dict(name=w, kind=kinds[w], metric=metric_of[w], better=better_of[w] or "lower",
-                        time_or_throughput=speed[w]) for w in order],
-        summary=[dict(workload=w, allocator=a, **agg[(w, a)]) for w in order for a in allocs if (w, a) in agg],
+                        time_or_throughput=speed[w]) for w in order_all],
+        summary=[dict(workload=w, allocator=a, **agg[(w, a)]) for w in order_all for a in allocs
+                 if (w, a) in agg],
         geomean=geo,
+        frames=frames,
         latency_ns_median={f"{w}/{a}": v for (w, a), v in lat.items()},
         runs=[{k: v for k, v in r.items() if k != "id"} | {"files": "raw/" + r["id"] + ".{out,err,time}"}
               for r in runs],
@@ -834,7 +960,7 @@ def main():
     with open(os.path.join(raw, "summary.txt"), "w") as f:
         if failed:
             f.write(f"{len(failed)} of {len(runs)} runs FAILED ({len(fails)} FAIL cells: "
-                    + ", ".join(f"{w}/{a}" for w in order for a in allocs if (w, a) in fails)
+                    + ", ".join(f"{w}/{a}" for w in order_all for a in allocs if (w, a) in fails)
                     + "); see the list of failed runs in compare.md\n")
         elif runs:
             f.write(f"all {len(runs)} runs passed their checks\n")
