@@ -94,9 +94,10 @@ AM_API void am_heap_delete(am_heap_t* heap);
 /* The executor idle point: an event loop calls it when it is about to
  * block (before epoll_wait, at the end of a run-queue pass). It collects
  * the frees other threads made into this thread's current heap (so that
- * memory becomes reusable even if this thread allocates no more), and
- * every 64th call purges memory that has been free longer than the purge
- * delay. A few loads when there is nothing to do. */
+ * memory becomes reusable even if this thread allocates no more), sends
+ * frames home, is a registered executor's epoch quiescent state, and every
+ * 64th call runs the purge pass (free memory decays with a half-life of the
+ * purge delay). A few loads when there is nothing to do. */
 AM_API void am_executor_idle(void);
 
 /* ---- coroutine-frame pools ---------------------------------------------- */
