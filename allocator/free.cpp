@@ -78,7 +78,7 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
     b->next = pg->free;
     pg->free = b;
     pg->used--;
-    if (pg->in_full.load(std::memory_order_relaxed)) heap_page_unfull(h, pg);
+    if (pg->in_full) heap_page_unfull(h, pg);
     if (pg->used == 0) heap_page_empty(h, pg);
     return;
   }
@@ -89,23 +89,28 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
   }
   if (!check_block("free", p, pg)) return;
   // Another thread's page (or an abandoned one): push without a lock.
+  // Everything read of the page comes before the push: once the block is
+  // on the list, the owner may collect it, empty the page and unmap it.
+  // Heaps are never unmapped, so the hints below are safe (at worst one
+  // lands on a heap that no longer owns the page, and costs it a look).
+  Heap* o = pg->heap.load(std::memory_order_acquire);
   Block* b = static_cast<Block*>(p);
-  Block* old = pg->xthread_free.load(std::memory_order_relaxed);
+  uintptr_t old = pg->xthread_free.load(std::memory_order_relaxed);
   do {
-    b->next = old;
-  } while (!pg->xthread_free.compare_exchange_weak(old, b, std::memory_order_seq_cst,
-                                                   std::memory_order_relaxed));
+    b->next = reinterpret_cast<Block*>(old & ~kXFull);
+  } while (!pg->xthread_free.compare_exchange_weak(
+      old, reinterpret_cast<uintptr_t>(b) | (old & kXFull), std::memory_order_seq_cst,
+      std::memory_order_relaxed));
   if (h != &g_empty_heap)
     h->remote_frees++;
   else
     stats_add(g_os_stats.remote_frees, 1);  // a thread that never allocated
   // Tell the owner if the page sits on its full list (see page_to_full),
   // and that there is something to collect at its idle point.
-  bool full = pg->in_full.load(std::memory_order_seq_cst);
-  if (Heap* o = pg->heap.load(std::memory_order_acquire)) {
-    if (full) o->full_remote_hint.store(1, std::memory_order_relaxed);
-    if (!o->remote_hint.load(std::memory_order_relaxed))
-      o->remote_hint.store(1, std::memory_order_relaxed);
+  if (o) {
+    if (old & kXFull) o->full_remote_hint.store(1, std::memory_order_seq_cst);
+    if (!o->remote_hint.load(std::memory_order_seq_cst))
+      o->remote_hint.store(1, std::memory_order_seq_cst);
   }
 }
 

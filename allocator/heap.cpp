@@ -161,26 +161,30 @@ void full_remove(Heap* h, Page* pg) {
   pg->next = pg->prev = nullptr;
 }
 
-// A page with nothing left to hand out leaves the queue. The seq_cst pair
-// (in_full store here, xthread_free load; the reverse in a remote free)
-// guarantees that a remote free racing with this either is seen by the
-// re-check below or sees in_full and raises the heap's hint.
+// A page with nothing left to hand out leaves the queue, unless remote
+// frees arrived meanwhile: setting kXFull only on an empty remote list
+// means a freer either sees the flag in its push, and raises the heap's
+// hint, or pushed first and the page stays in the queue.
 void page_to_full(Heap* h, Page* pg) {
   queue_remove(h, pg);
   queue_prefer_fullest(h, pg->cls);
+  uintptr_t none = 0;
+  if (!pg->xthread_free.compare_exchange_strong(none, kXFull, std::memory_order_seq_cst)) {
+    queue_push_back(h, pg);
+    return;
+  }
   pg->owner_fast.store(nullptr, std::memory_order_relaxed);
-  pg->in_full.store(1, std::memory_order_seq_cst);
+  pg->in_full = 1;
   full_push(h, pg);
-  if (pg->xthread_free.load(std::memory_order_seq_cst) != nullptr) heap_page_unfull(h, pg);
 }
 
 // Pages with remote frees leave the full list.
 void unfull_remote(Heap* h) {
-  h->full_remote_hint.store(0, std::memory_order_relaxed);
+  h->full_remote_hint.store(0, std::memory_order_seq_cst);
   Page* pg = h->full;
   while (pg) {
     Page* next = pg->next;
-    if (pg->xthread_free.load(std::memory_order_relaxed) != nullptr) heap_page_unfull(h, pg);
+    if ((pg->xthread_free.load(std::memory_order_seq_cst) & ~kXFull) != 0) heap_page_unfull(h, pg);
     pg = next;
   }
 }
@@ -255,7 +259,6 @@ Page* page_new(Heap* h, unsigned cls) {
   if (adopted) {
     pg->heap.store(h, std::memory_order_release);
     pg->owner_fast.store(h, std::memory_order_relaxed);
-    pg->in_full.store(0, std::memory_order_relaxed);
     pg->next = pg->prev = nullptr;
     page_collect(pg);
     h->pages_adopted++;
@@ -305,7 +308,10 @@ void heap_abandon_locked(Heap* h) {
       pg->used--;
     }
     pg->owner_fast.store(nullptr, std::memory_order_relaxed);
-    pg->in_full.store(0, std::memory_order_relaxed);
+    if (pg->in_full) {
+      pg->in_full = 0;
+      pg->xthread_free.fetch_and(~kXFull, std::memory_order_seq_cst);
+    }
     if (pg->used == 0) {
       segment_page_free_locked(pg, now);
       return;
@@ -457,7 +463,7 @@ static void collect_remote(Heap* h) {
   if (!h->remote_hint.load(std::memory_order_relaxed) &&
       !h->full_remote_hint.load(std::memory_order_relaxed))
     return;
-  h->remote_hint.store(0, std::memory_order_relaxed);
+  h->remote_hint.store(0, std::memory_order_seq_cst);
   unfull_remote(h);
   for (unsigned c = 0; c < kNumClasses; c++) {
     Page* pg = h->queues[c].first;
@@ -518,7 +524,8 @@ void page_emptied(Page* pg) { heap_page_empty(t_heap, pg); }
 
 void heap_page_unfull(Heap* h, Page* pg) {
   full_remove(h, pg);
-  pg->in_full.store(0, std::memory_order_relaxed);
+  pg->in_full = 0;
+  pg->xthread_free.fetch_and(~kXFull, std::memory_order_seq_cst);
   pg->owner_fast.store(h, std::memory_order_relaxed);
   queue_push_back(h, pg);
 }

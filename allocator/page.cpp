@@ -18,8 +18,8 @@ void page_init(Page* pg, unsigned cls, Heap* h) {
   pg->is_head = 0;
   pg->dirty = 1;
   pg->next = pg->prev = nullptr;
-  pg->xthread_free.store(nullptr, std::memory_order_relaxed);
-  pg->in_full.store(0, std::memory_order_relaxed);
+  pg->xthread_free.store(0, std::memory_order_relaxed);
+  pg->in_full = 0;
   pg->heap.store(h, std::memory_order_relaxed);
   pg->owner_fast.store(h, std::memory_order_relaxed);
 }
@@ -41,9 +41,12 @@ bool page_extend(Page* pg) {
 }
 
 uint32_t page_collect(Page* pg) {
-  if (pg->xthread_free.load(std::memory_order_relaxed) == nullptr) return 0;
-  Block* list = pg->xthread_free.exchange(nullptr, std::memory_order_acquire);
-  if (!list) return 0;
+  // Only the owner (or g_lock's holder, for pages without one) collects or
+  // changes the flag, so it is the same before and after the exchange.
+  uintptr_t v = pg->xthread_free.load(std::memory_order_seq_cst);
+  if ((v & ~kXFull) == 0) return 0;
+  Block* list = reinterpret_cast<Block*>(
+      pg->xthread_free.exchange(v & kXFull, std::memory_order_seq_cst) & ~kXFull);
   uint32_t n = 1;
   Block* tail = list;
   while (tail->next) {

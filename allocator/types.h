@@ -22,6 +22,11 @@ enum PageKind : uint8_t { kKindNone = 0, kKindSmall = 1, kKindMedium = 2, kKindL
 // A page holds blocks of one size class. The owner allocates from `free`
 // and frees onto it without atomics; other threads push onto
 // `xthread_free`, which the owner collects on its slow path.
+
+// Low bit of Page::xthread_free: the page is on its owner's full list. A
+// remote freer learns it from its own push, so it never reads the page
+// after the push, when the owner may already have freed the page.
+constexpr uintptr_t kXFull = 1;
 struct Page {
   // -- read on the owner's fast paths (first cache line) --
   Block* free;
@@ -38,11 +43,11 @@ struct Page {
   // its queue's head: the head never reaches 0 on the fast path, so a
   // malloc/free ping-pong on it never leaves the fast path.
   uint32_t used;
-  uint32_t capacity;  // blocks carved so far
-  size_t block_size;  // bytes (page-rounded for a large block)
-  uint32_t reserved;  // blocks that fit in the page
-  std::atomic<Block*> xthread_free;
-  std::atomic<Heap*> heap;  // owner; nullptr when abandoned or large
+  uint32_t capacity;                    // blocks carved so far
+  size_t block_size;                    // bytes (page-rounded for a large block)
+  uint32_t reserved;                    // blocks that fit in the page
+  std::atomic<uintptr_t> xthread_free;  // Block* | kXFull
+  std::atomic<Heap*> heap;              // owner; nullptr when abandoned or large
   // -- cold --
   Page* next;  // in a heap queue, the heap's full list, or the abandoned list
   Page* prev;
@@ -50,8 +55,8 @@ struct Page {
   uint8_t cls;
   uint8_t kind;
   uint8_t in_use;
-  uint8_t is_head;  // first page of its heap queue (holds the used bias)
-  std::atomic<uint8_t> in_full;
+  uint8_t is_head;   // first page of its heap queue (holds the used bias)
+  uint8_t in_full;   // on the owner's full list (the owner's copy of kXFull)
   uint8_t dirty;     // free slot whose memory may still be resident
   uint8_t span_off;  // slots back to the page's first slot (medium pages)
   uint8_t pad_[25];
