@@ -16,7 +16,8 @@ void os_purge(void* p, size_t size);
 // Grow or shrink a mapping at `p` to `new_size`, keeping it aligned to
 // `align`; moves the pages (never copies). nullptr on failure.
 void* os_remap_aligned(void* p, size_t old_size, size_t new_size, size_t align);
-uint64_t os_now_ms();
+uint64_t os_now_ms();  // coarse: a tick of the kernel clock
+uint64_t os_now_us();  // precise (vDSO), for rates finer than a tick
 // membarrier(2), private expedited: registers the process; false where the
 // kernel lacks it (the caller then uses fences on both sides).
 bool os_membarrier_register();

@@ -56,7 +56,10 @@ std::atomic<uint8_t> g_reclaiming;  // one reclaimer at a time
 bool g_fork_took_reclaim;
 Record* g_fork_locked;  // the records fork_prepare locked
 std::atomic<uint64_t> g_advanced_ms;
-std::atomic<uint64_t> g_last_idle_try_ms;
+// The epoch at which the oldest sealed batch may run (written under g_mu):
+// a look before taking the lock.
+std::atomic<uint64_t> g_reclaim_at{~uint64_t{0}};
+std::atomic<uint64_t> g_head_sealed_ms;  // when it was sealed
 
 // Counters (sealed batches only; stats add the open ones).
 std::atomic<uint64_t> g_retired, g_reclaimed, g_sealed_bytes, g_advances, g_failed, g_warnings;
@@ -80,12 +83,16 @@ void heavy_fence() {
 
 void append_sealed(Batch* b) {  // under g_mu
   b->tag = epoch_now().load(std::memory_order_seq_cst);
+  b->sealed_ms = os_now_ms();
   b->seq = ++g_seal_seq;
   b->next = nullptr;
-  if (g_sealed_tail)
+  if (g_sealed_tail) {
     g_sealed_tail->next = b;
-  else
+  } else {
     g_sealed_head = b;
+    g_reclaim_at.store(b->tag + 2, std::memory_order_relaxed);
+    g_head_sealed_ms.store(b->sealed_ms, std::memory_order_relaxed);
+  }
   g_sealed_tail = b;
   g_sealed_batches.fetch_add(1, std::memory_order_relaxed);
   stats_add(g_retired, b->n);
@@ -160,17 +167,31 @@ AM_COLD void warn_pinned(Record* r, uint64_t stale, uint64_t e) {
       .flush(2);
 }
 
-// One advance if every pinned record shows the current epoch.
-bool try_advance() {
-  uint64_t e = epoch_now().load(std::memory_order_acquire);
-  heavy_fence();
+// A record pinned at an epoch other than `e`, or nullptr.
+Record* pinned_behind(uint64_t e) {
   for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) {
     uint64_t s = r->state.load(std::memory_order_acquire);
-    if ((s & 1) && (s >> 1) != e) {
-      stats_add(g_failed, 1);
-      if (g_options.epoch_warn_ms) warn_pinned(r, s >> 1, e);
-      return false;
-    }
+    if ((s & 1) && (s >> 1) != e) return r;
+  }
+  return nullptr;
+}
+
+// One advance if every pinned record shows the current epoch. A first scan
+// without the barrier: a pin it sees is real (or was, a moment ago), so
+// the membarrier, which interrupts every CPU that runs one of our threads,
+// is paid only when the advance is likely to succeed.
+bool try_advance() {
+  uint64_t e = epoch_now().load(std::memory_order_acquire);
+  Record* late = pinned_behind(e);
+  if (!late) {
+    heavy_fence();
+    late = pinned_behind(e);
+  }
+  if (late) {
+    stats_add(g_failed, 1);
+    if (g_options.epoch_warn_ms)
+      warn_pinned(late, late->state.load(std::memory_order_relaxed) >> 1, e);
+    return false;
   }
   if (epoch_now().compare_exchange_strong(e, e + 1, std::memory_order_acq_rel)) {
     stats_add(g_advances, 1);
@@ -179,12 +200,33 @@ bool try_advance() {
   return true;
 }
 
+// Advances from the retire and idle paths, at most one per kAdvanceGapUs
+// for the whole process: batches sealed meanwhile share the advances, and
+// the membarriers stay a few thousand a second however fast threads retire.
+constexpr uint64_t kAdvanceGapUs = 500;
+std::atomic<uint64_t> g_last_try_us;
+
+bool maybe_advance() {
+  uint64_t now = os_now_us();
+  uint64_t last = g_last_try_us.load(std::memory_order_relaxed);
+  if (now - last < kAdvanceGapUs) return false;
+  if (!g_last_try_us.compare_exchange_strong(last, now, std::memory_order_relaxed)) return false;
+  return try_advance();
+}
+
 void run_batch(Batch* b) {
   for (uint32_t i = 0; i < b->n; i++) {
     const Entry& x = b->e[i];
     if (x.fn) x.fn(x.p, x.ctx);
     if (x.free_after) am_free(x.p);
   }
+}
+
+// Whether the oldest sealed batch's grace period is over (its deleters are
+// what is late, not the readers).
+bool reclaim_due() {
+  return g_reclaim_at.load(std::memory_order_relaxed) <=
+         epoch_now().load(std::memory_order_acquire);
 }
 
 // Runs sealed batches whose grace period is over, at most `max` of them;
@@ -216,6 +258,10 @@ void reclaim(uint64_t max = ~uint64_t{0}) {
       }
       *tail = nullptr;
       if (!g_sealed_head) g_sealed_tail = nullptr;
+      g_reclaim_at.store(g_sealed_head ? g_sealed_head->tag + 2 : ~uint64_t{0},
+                         std::memory_order_relaxed);
+      if (g_sealed_head)
+        g_head_sealed_ms.store(g_sealed_head->sealed_ms, std::memory_order_relaxed);
     }
     if (!chain) break;
     while (Batch* b = chain) {
@@ -280,11 +326,11 @@ void thread_exit(void* v) {
   }
   t_rec = nullptr;
   am_epoch_self_.pin = nullptr;
-  // Leave no work behind for nobody: give the batches a chance now.
-  if (g_sealed_batches.load(std::memory_order_relaxed)) {
-    try_advance();
-    reclaim();
-  }
+  // No deleters here: this runs among the thread's TLS destructors, after
+  // some of the application's thread_local objects (and a sanitizer's
+  // thread state) may be gone. The worker, or the next thread that
+  // retires, idles or waits, reclaims them.
+  background_kick();
 }
 
 void fork_prepare() {
@@ -331,11 +377,21 @@ void fork_child() {
 
 void stats_hook(int fd, bool json);
 
-// The worker's task: seal batches left open, advance, reclaim. A thread
-// that stays pinned makes advances fail: then look again only every 10 ms.
+// The worker's task: seal batches left open, advance, reclaim. Batches
+// sealed in the last kWorkerAfterMs are left to the threads that retire:
+// their deleters' frees are then local, not remote frees from the worker,
+// which would also take a core from them. A thread that stays pinned makes
+// advances fail: then look again only every 10 ms.
+constexpr uint64_t kWorkerAfterMs = 2;
+
 uint64_t background_task(uint64_t now) {
   uint64_t next = seal_stale_open();
   if (g_sealed_batches.load(std::memory_order_relaxed) == 0) return next;
+  uint64_t head_ms = g_head_sealed_ms.load(std::memory_order_relaxed);
+  if (now - head_ms < kWorkerAfterMs) {
+    uint64_t at = head_ms + kWorkerAfterMs;
+    return at < next ? at : next;
+  }
   bool advanced = try_advance();
   reclaim();
   if (g_sealed_batches.load(std::memory_order_relaxed) == 0) return next;
@@ -401,14 +457,17 @@ void open_entry(Record* r, const Entry& x) {
   unlock_open(r);
   if (!full) return;
   seal_stale_open();
-  try_advance();
-  reclaim(t_nest != 0 ? 1 : ~uint64_t{0});
+  maybe_advance();
+  if (reclaim_due()) reclaim(t_nest != 0 ? 1 : ~uint64_t{0});
   // Back-pressure. A pinned thread cannot wait for grace periods (its own
   // pin holds them up), but it can give the CPU to the thread that is
   // running deleters, for up to kMaxWaitMs: retiring faster than one
   // reclaimer can run deleters must not grow the backlog without bound.
+  // Only when the oldest batch's grace period is over: if it still waits
+  // for one, a pinned thread yielding holds it up too (two executors that
+  // retire would each wait for the other's next idle point).
   if (t_nest != 0 && !t_reclaiming &&
-      g_sealed_batches.load(std::memory_order_relaxed) > 2 * kMaxSealed) {
+      g_sealed_batches.load(std::memory_order_relaxed) > 2 * kMaxSealed && reclaim_due()) {
     uint64_t start = os_now_ms();
     while (g_sealed_batches.load(std::memory_order_relaxed) > 2 * kMaxSealed &&
            os_now_ms() - start < kMaxWaitMs) {
@@ -538,16 +597,28 @@ AM_COLD void misuse(const char* fn, const char* what, const void* p) {
   o.ch('\n').flush(2);
 }
 
+static void idle_work(Record* r, bool guarded);
+
 AM_NOINLINE void idle_slow(Record* r) {
   bool guarded = t_nest != t_perm;
+  // The work every 8th call: it reads the clock and takes locks, and an
+  // idle point may be called on every pass of a busy loop.
+  bool work = (++r->idle_calls & 7) == 0;
   if (guarded) {
     // A guard that lives across a suspension point: the coroutine went to
     // sleep pinned, and this loop is about to block.
     misuse("am_executor_idle", "called while pinned (an epoch guard held across co_await?)");
-  } else if (t_perm) {
+  } else if (t_perm && work) {
     // Quiescent: unpinned while it reclaims, so its deleters hold up no one.
     r->state.store(0, std::memory_order_release);
   }
+  if (work) idle_work(r, guarded);
+  if (t_perm && !guarded) pin(r);  // the quiescent state: pinned again at the current epoch
+}
+
+// Seal this thread's open batch once it is kSealAfterMs old; advance and
+// reclaim (only one batch while a guard is held).
+static void idle_work(Record* r, bool guarded) {
   // Under the lock: another thread may seal (and free) a stale open batch.
   lock_open(r);
   Batch* b = r->open;
@@ -558,14 +629,9 @@ AM_NOINLINE void idle_slow(Record* r) {
   if (b) seal(b);
   unlock_open(r);
   if (g_sealed_batches.load(std::memory_order_relaxed) != 0) {
-    uint64_t now = os_now_ms();
-    if (now != g_last_idle_try_ms.load(std::memory_order_relaxed)) {
-      g_last_idle_try_ms.store(now, std::memory_order_relaxed);
-      try_advance();
-      reclaim(guarded ? 1 : ~uint64_t{0});
-    }
+    maybe_advance();
+    if (reclaim_due()) reclaim(guarded ? 1 : ~uint64_t{0});
   }
-  if (t_perm && !guarded) pin(r);  // the quiescent state: pinned again at the current epoch
 }
 
 }  // namespace am::epoch

@@ -29,9 +29,11 @@ struct Batch {
   uint64_t seq;        // seal order, which barriers wait on
   uint64_t bytes;      // sum of the entries' bytes
   uint64_t opened_ms;  // when its first entry came
+  uint64_t sealed_ms;
   uint32_t n;
   Entry e[kBatch];
 };
+static_assert(sizeof(Batch) <= 4096);
 
 // One per thread that pinned, retired or registered as an executor. Reused
 // after its thread exits; never freed, so a scan may walk the list without
@@ -44,6 +46,7 @@ struct alignas(64) Record {
   int tid;                         // for the long-pin warning
   uint8_t in_use;                  // under the registry lock
   std::atomic<uint64_t> warned;    // the stale epoch already reported
+  uint32_t idle_calls;             // the owner's idle points (works every 8th)
 };
 
 // The global epoch, exported for the inline pins of amalloc.h.
