@@ -48,14 +48,12 @@ void heap_delete(Heap* h);
 // Large blocks belong to a heap too, so that heap_destroy frees them.
 void heap_large_link_locked(Heap* h, Segment* s);
 void heap_large_unlink_locked(Segment* s);
-// The executor idle point: collect remote frees, purge what is due. The
-// checks are inline: with nothing to do it is a few loads.
+// The executor idle point's part (pools/executor.cpp): collect remote
+// frees, and on a tick purge what is due.
 void heap_idle_work(Heap* h, bool collect, bool tick);
-inline void heap_idle(Heap* h) {
-  bool collect = h->remote_hint.load(std::memory_order_relaxed) |
-                 h->full_remote_hint.load(std::memory_order_relaxed);
-  bool tick = (++h->idle_calls & 63) == 0;  // the clock every 64th call
-  if (__builtin_expect(collect | tick, 0)) heap_idle_work(h, collect, tick);
+inline bool heap_remote_waiting(const Heap* h) {
+  return h->remote_hint.load(std::memory_order_relaxed) |
+         h->full_remote_hint.load(std::memory_order_relaxed);
 }
 
 // Thread exit (pthread key destructor) and fork.

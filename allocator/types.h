@@ -116,7 +116,6 @@ struct Heap {
   // pthread_self() of the thread that has this (non-default) heap bound.
   std::atomic<uintptr_t> bound_thread{0};
   Segment* large = nullptr;  // large blocks of this heap (under g_lock)
-  uint32_t idle_calls = 0;
   uint64_t last_collect_ms = 0;
   Heap* next = nullptr;  // all heaps ever made / the pool of unused heaps
   Heap* pool_next = nullptr;

@@ -92,10 +92,4 @@ AM_INLINE void leave() {
   if (--t_nest == 0) t_rec->state.store(0, std::memory_order_release);
 }
 
-// The executor idle point's part: one TLS load for threads that never used
-// epochs.
-AM_INLINE void idle() {
-  if (Record* r = t_rec; AM_UNLIKELY(r != nullptr)) idle_slow(r);
-}
-
 }  // namespace am::epoch

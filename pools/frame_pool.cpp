@@ -304,10 +304,10 @@ void frame_free(void* p, size_t size) {
   frame_free_slow(p, size);
 }
 
-void frame_idle_work(FrameCache* c) {
+void frame_idle_work(FrameCache* c, bool tick) {
   if (c->out_pending) flush_all(c);
   if (c->incoming.load(std::memory_order_relaxed)) drain(c);
-  if ((c->idle_calls & 63) == 0) adapt(c);
+  if (tick) adapt(c);
 }
 
 }  // namespace am::frames

@@ -53,7 +53,6 @@ struct FrameCache {
   Outgoing out[kOutgoing];
   uint32_t out_pending;  // frames waiting in `out`
   std::atomic<uint8_t> live;
-  uint32_t idle_calls;
   FrameCache* next_all;
   FrameCache* next_free;
 };
@@ -63,16 +62,12 @@ inline size_t round16(size_t n) { return n < 16 ? 16 : (n + 15) & ~size_t{15}; }
 void* frame_alloc(size_t size);
 void frame_free(void* p, size_t size);
 // The executor idle point's part: send batches home, take returned frames
-// in, and every 64th call adapt pool sizes and give unused frames back.
+// in, and on a tick (every 64th call) adapt pool sizes and give unused
+// frames back.
 extern __thread FrameCache* t_frames __attribute__((tls_model("initial-exec")));
-void frame_idle_work(FrameCache* c);
-inline void frame_idle() {
-  FrameCache* c = t_frames;
-  if (!c) return;
-  bool work = c->out_pending != 0;
-  work |= c->incoming.load(std::memory_order_relaxed) != nullptr;
-  work |= (++c->idle_calls & 63) == 0;
-  if (__builtin_expect(work, 0)) frame_idle_work(c);
+void frame_idle_work(FrameCache* c, bool tick);
+inline bool frame_work_waiting(const FrameCache* c) {
+  return (c->out_pending != 0) | (c->incoming.load(std::memory_order_relaxed) != nullptr);
 }
 
 }  // namespace am::frames
