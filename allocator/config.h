@@ -15,6 +15,15 @@
 #define AM_APPROXIMATE_READS __attribute__((no_sanitize("thread")))
 #endif
 
+// A spin-wait hint for locks held a few microseconds at most.
+#if defined(__x86_64__) || defined(__i386__)
+#define AM_CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define AM_CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define AM_CPU_RELAX() ((void)0)
+#endif
+
 namespace am {
 
 // Segments are 4 MiB and 4 MiB aligned: the segment of any block is

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "allocator/alloc_inline.h"
+#include "allocator/background.h"
 #include "allocator/format.h"
 #include "allocator/large.h"
 #include "allocator/options.h"
@@ -73,12 +74,21 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
   if (owner == h && h != &g_empty_heap) {
     // Our own page, taken off the fast path because it is full.
     if (!check_block("free", p, pg)) return;
-    if (p == pg->free) return report("free", p, "double free of");
+    // A full page's blocks are shared with a sweep (see Heap::full_lock).
+    bool full = pg->in_full;
+    if (full) full_lock(h);
+    if (p == pg->free) {
+      if (full) full_unlock(h);
+      return report("free", p, "double free of");
+    }
     Block* b = static_cast<Block*>(p);
     b->next = pg->free;
     pg->free = b;
     pg->used--;
-    if (pg->in_full) heap_page_unfull(h, pg);
+    if (full) {
+      heap_page_unfull(h, pg);
+      full_unlock(h);
+    }
     if (pg->used == 0) heap_page_empty(h, pg);
     return;
   }
@@ -108,7 +118,12 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
   // Tell the owner if the page sits on its full list (see page_to_full),
   // and that there is something to collect at its idle point.
   if (o) {
-    if (old & kXFull) o->full_remote_hint.store(1, std::memory_order_seq_cst);
+    // The first such free wakes the worker, which collects them if the
+    // owner does not (an owner that stopped allocating).
+    if ((old & kXFull) && !o->full_remote_hint.load(std::memory_order_seq_cst)) {
+      o->full_remote_hint.store(1, std::memory_order_seq_cst);
+      background_kick();
+    }
     if (!o->remote_hint.load(std::memory_order_seq_cst))
       o->remote_hint.store(1, std::memory_order_seq_cst);
   }

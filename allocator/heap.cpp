@@ -169,24 +169,31 @@ void page_to_full(Heap* h, Page* pg) {
   queue_remove(h, pg);
   queue_prefer_fullest(h, pg->cls);
   uintptr_t none = 0;
+  full_lock(h);
   if (!pg->xthread_free.compare_exchange_strong(none, kXFull, std::memory_order_seq_cst)) {
+    full_unlock(h);
     queue_push_back(h, pg);
     return;
   }
   pg->owner_fast.store(nullptr, std::memory_order_relaxed);
   pg->in_full = 1;
   full_push(h, pg);
+  full_unlock(h);
 }
 
-// Pages with remote frees leave the full list.
+// Pages with remote frees leave the full list (or with free blocks: a
+// sweep collected their remote frees).
 void unfull_remote(Heap* h) {
+  full_lock(h);
   h->full_remote_hint.store(0, std::memory_order_seq_cst);
   Page* pg = h->full;
   while (pg) {
     Page* next = pg->next;
-    if ((pg->xthread_free.load(std::memory_order_seq_cst) & ~kXFull) != 0) heap_page_unfull(h, pg);
+    if ((pg->xthread_free.load(std::memory_order_seq_cst) & ~kXFull) != 0 || pg->free)
+      heap_page_unfull(h, pg);
     pg = next;
   }
+  full_unlock(h);
 }
 
 void retire(Page* pg) {
@@ -275,6 +282,8 @@ void heap_reset(Heap* h) {
   memset(static_cast<void*>(h->queues), 0, sizeof h->queues);
   h->full = nullptr;
   h->full_remote_hint.store(0, std::memory_order_relaxed);
+  h->full_lock.store(0, std::memory_order_relaxed);
+  h->sweep_seen = 0;
 }
 
 Heap* heap_carve_locked() {
@@ -356,9 +365,9 @@ Heap* heap_make(bool is_default) {
     LockGuard g;
     h = heap_carve_locked();
     if (!h) return nullptr;
+    heap_reset(h);  // under the lock: a sweep looks at every live heap
     h->live = 1;
   }
-  heap_reset(h);
   h->is_default = is_default;
   stats_add(g_os_stats.heaps_created, 1);
   return h;
@@ -530,11 +539,70 @@ void heap_page_unfull(Heap* h, Page* pg) {
   queue_push_back(h, pg);
 }
 
+// Remote frees into the full pages of an owner that stopped collecting
+// them (it neither allocates nor idles: blocked, or done with this heap).
+// Each sweep marks the heaps whose full-page hint is set; a heap still
+// marked at the next sweep, kSweepMs later, has its full pages collected
+// here: emptied ones go back to their segment (and decay like any free
+// page); the others keep the collected blocks on `free`, and `remote_hint`
+// sends the owner to move them back to its queues at its next slow path or
+// idle point. The hint is cleared before the scan, so a free that the scan
+// misses sets it again (and wakes the worker). A sweep never waits for an
+// owner: it try-locks the heap's full list. Under g_lock, which also keeps
+// thread exit and heap destruction away. Returns whether to look again.
+constexpr uint64_t kSweepMs = 10;
+constexpr unsigned kSweepPagesPerHeap = 256;  // bounds the owner's wait
+
+bool sweep_full_pages_locked(uint64_t now) {
+  bool again = false;
+  for (Heap* h = g_heaps; h; h = h->next) {
+    if (!h->live) continue;
+    if (!h->full_remote_hint.load(std::memory_order_seq_cst)) {
+      h->sweep_seen = 0;
+      continue;
+    }
+    again = true;
+    if (!h->sweep_seen) {  // give the owner a chance first
+      h->sweep_seen = 1;
+      continue;
+    }
+    if (h->full_lock.exchange(1, std::memory_order_acquire)) continue;
+    h->full_remote_hint.store(0, std::memory_order_seq_cst);
+    h->sweep_seen = 0;
+    unsigned budget = kSweepPagesPerHeap;
+    bool kept = false;
+    Page* pg = h->full;
+    for (; pg && budget > 0; budget--) {
+      Page* next = pg->next;
+      if (page_collect(pg)) {
+        if (pg->used == 0) {
+          full_remove(h, pg);
+          pg->in_full = 0;
+          segment_page_free_locked(pg, now);
+          stats_add(g_os_stats.swept_pages, 1);
+        } else {
+          kept = true;
+        }
+      }
+      pg = next;
+    }
+    if (pg) {  // out of budget: the rest at the next sweep
+      h->full_remote_hint.store(1, std::memory_order_seq_cst);
+      h->sweep_seen = 1;
+    }
+    full_unlock(h);
+    if (kept) h->remote_hint.store(1, std::memory_order_seq_cst);
+  }
+  return again;
+}
+
 // The worker's share of the engine: purge and sweep (see background.cpp).
 uint64_t maintenance_tick(uint64_t now) {
   if (pthread_mutex_trylock(&g_lock) != 0) return now + 1;  // busy: soon again
   sweep_abandoned_locked(now);  // first: pages it empties are due after the delay
+  bool owners = sweep_full_pages_locked(now);
   uint64_t next = segment_purge_locked(now, false);
+  if (owners && now + kSweepMs < next) next = now + kSweepMs;
   // Abandoned pages still hold blocks that others will free: look again.
   for (unsigned c = 0; c < kNumClasses && next == kNeverMs; c++)
     if (g_abandoned[c]) next = now + g_options.purge_delay_ms + 1;
@@ -551,6 +619,7 @@ void maintenance_maybe() {
   if (pthread_mutex_trylock(&g_lock) != 0) return;
   segment_purge_locked(now, false);
   sweep_abandoned_locked(now);
+  sweep_full_pages_locked(now);
   pthread_mutex_unlock(&g_lock);
 }
 
@@ -590,9 +659,11 @@ void heap_thread_exit(void*) {
 
 void heap_fork_child() {
   // Only the forking thread lives on: the other threads' default heaps are
-  // orphaned, and heaps they had bound become free to bind.
+  // orphaned, and heaps they had bound become free to bind. A full list
+  // lock held by a thread that is gone is released.
   LockGuard g;
   for (Heap* h = g_heaps; h; h = h->next) {
+    h->full_lock.store(0, std::memory_order_relaxed);
     if (!h->live) continue;
     if (h->is_default && h != t_default)
       heap_abandon_locked(h);

@@ -24,8 +24,15 @@ void* heap_alloc_class(Heap* h, unsigned cls);
 void heap_page_empty(Heap* h, Page* pg);
 // The same, from the free fast path (which does not load the heap).
 void page_emptied(Page* pg);
-// The owner freed a block into one of its full pages.
+// The owner freed a block into one of its full pages (full_lock held).
 void heap_page_unfull(Heap* h, Page* pg);
+// Heap::full_lock. The owner may wait for a sweep (which holds it for a
+// bounded number of pages); a sweep never waits for the owner.
+inline void full_lock(Heap* h) {
+  while (h->full_lock.exchange(1, std::memory_order_acquire))
+    while (h->full_lock.load(std::memory_order_relaxed)) AM_CPU_RELAX();
+}
+inline void full_unlock(Heap* h) { h->full_lock.store(0, std::memory_order_release); }
 // Collect remote frees, retire empty pages, and purge what is due.
 void heap_collect(Heap* h, bool force);
 // Purge and sweep abandoned pages if the purge delay has passed.

@@ -70,6 +70,7 @@ extern "C" void am_stats_get(am_stats_t* out) {
   out->prefill_released = rd(g_prefill_released);
   out->prefill_ready_bytes = rd(g_ready_bytes);
   out->defrag_moves = rd(g_os_stats.defrag_moves);
+  out->swept_pages = rd(g_os_stats.swept_pages);
 }
 
 namespace am {
@@ -129,7 +130,9 @@ void stats_report(int fd) {
       .num(s.heaps_abandoned)
       .str(" abandoned, ")
       .num(s.pages_adopted)
-      .str(" pages adopted\n");
+      .str(" pages adopted, ")
+      .num(s.swept_pages)
+      .str(" pages of idle owners swept\n");
   o.str("  frees:      ")
       .num(s.remote_frees)
       .str(" from other threads, ")
@@ -178,6 +181,7 @@ void stats_report_json(int fd) {
   field("prefill_released", s.prefill_released);
   field("prefill_ready_bytes", s.prefill_ready_bytes);
   field("defrag_moves", s.defrag_moves);
+  field("swept_pages", s.swept_pages);
   o.flush(fd);
   run_hooks(fd, true);  // they add their fields
   o.str("}\n").flush(fd);

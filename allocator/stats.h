@@ -18,6 +18,7 @@ struct OsStats {
   std::atomic<uint64_t> huge_remaps;
   std::atomic<uint64_t> remote_frees;  // by threads without a heap
   std::atomic<uint64_t> defrag_moves;  // blocks am_defrag_move moved
+  std::atomic<uint64_t> swept_pages;   // idle owners' pages a sweep gave back
 };
 
 extern OsStats g_os_stats;

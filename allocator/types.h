@@ -108,6 +108,11 @@ struct Heap {
   Page* full = nullptr;  // pages with no free block, doubly linked
   // Set by another thread that freed into one of our full pages.
   std::atomic<uint8_t> full_remote_hint{0};
+  // Guards the full list and the blocks of its pages between the owner's
+  // slow paths and a sweep (sweep_full_pages_locked), which collects the
+  // remote frees of an owner that has stopped collecting them itself.
+  std::atomic<uint8_t> full_lock{0};
+  uint8_t sweep_seen = 0;  // the hint was set at the last sweep (under g_lock)
   uint8_t live = 0;        // in use (not in the heap pool)
   uint8_t is_default = 0;  // a thread's default heap (else made by am_heap_new)
   // Set by other threads after they free into one of our pages, so that

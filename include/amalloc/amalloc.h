@@ -270,6 +270,9 @@ typedef struct am_stats_s {
   uint64_t prefill_released;    /* of the predictor's, pages given back unused */
   uint64_t prefill_ready_bytes; /* the predictor's reserve now: built, not yet taken */
   uint64_t defrag_moves;        /* blocks am_defrag_move moved */
+  uint64_t swept_pages;         /* pages emptied by other threads' frees that the worker (or
+                                   another thread's slow path) took from an owner that had
+                                   stopped collecting them, and gave back */
 } am_stats_t;
 
 AM_API void am_stats_get(am_stats_t* out);

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -126,6 +127,31 @@ AMT_SCENARIO(bg_exited_owner) {
   return 0;
 }
 
+// Blocks of a thread that is alive but blocked (it makes no allocator call,
+// not even the idle point), freed by the main thread; then silence. Without
+// the sweep of idle owners' full pages, every page would stay with it.
+AMT_SCENARIO(bg_blocked_owner) {
+  std::size_t before = amt::rss_bytes();
+  std::vector<void*> v;
+  std::atomic<bool> filled{false}, done{false};
+  std::thread owner([&] {
+    v = fill();
+    filled.store(true);
+    while (!done.load()) std::this_thread::sleep_for(1ms);  // blocked, as on a socket
+  });
+  while (!filled.load()) std::this_thread::sleep_for(1ms);
+  std::size_t peak = amt::rss_bytes(), c_peak = committed();
+  for (void* p : v) am_free(p);
+  std::this_thread::sleep_for(1200ms);
+  report(before, peak, amt::rss_bytes(), c_peak);
+  am_stats_t s;
+  am_stats_get(&s);
+  std::printf("SWEPT %llu\n", static_cast<unsigned long long>(s.swept_pages));
+  done.store(true);
+  owner.join();
+  return 0;
+}
+
 // The child of a fork has no worker until its first slow path; then it does
 // the same work as the parent's.
 AMT_SCENARIO(bg_fork_child) {
@@ -194,6 +220,13 @@ TEST(Background, PagesOfAnExitedThreadAreSweptWithoutCalls) {
   auto c = amt::run_scenario("bg_exited_owner", kEnv);
   ASSERT_TRUE(c.exited_ok()) << c.describe();
   expect_given_back(parse(c.out), c);
+}
+
+TEST(Background, PagesOfABlockedOwnerAreSweptWithoutCalls) {
+  auto c = amt::run_scenario("bg_blocked_owner", kEnv);
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  expect_given_back(parse(c.out), c);
+  EXPECT_EQ(c.out.find("SWEPT 0\n"), std::string::npos) << c.describe();
 }
 
 TEST(Background, ForkChildRestartsTheWorker) {
