@@ -226,11 +226,13 @@ void sweep_abandoned_locked(uint64_t now) {
 }
 
 // Demand for the predictor: pages that would have faulted (only this
-// thread writes the count).
+// thread writes the count). The worker is woken only when the predictor is
+// on: a wake-up per cold page made the worker preempt the allocating
+// threads all through a burst.
 static void count_cold_page(Heap* h, unsigned cls) {
   h->new_pages[cls].store(h->new_pages[cls].load(std::memory_order_relaxed) + 1,
                           std::memory_order_relaxed);
-  background_kick();
+  if (g_options.predict) background_kick();
 }
 
 // A page for class `cls`, from the cheapest source first: one abandoned by

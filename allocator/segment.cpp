@@ -13,6 +13,9 @@ namespace am {
 alignas(64) uint8_t g_segmap[kSegmapSize];
 std::atomic<uint64_t> g_last_purge_ms;
 std::atomic<uint64_t> g_dirty_bytes;
+// A slot or a cached segment became dirty since the last purge pass (under
+// g_lock): with none and nothing left dirty then, a pass has nothing to do.
+bool g_dirty_changed;
 
 namespace {
 
@@ -157,6 +160,7 @@ void segment_give_back(Segment* s, uint64_t now) {
     if (s->dirty_end > s->mapped_size) s->dirty_end = s->mapped_size;
     s->cached_at = now;
     s->purged = 0;
+    g_dirty_changed = true;
     background_kick();
     s->next = g_cache;
     g_cache = s;
@@ -237,6 +241,7 @@ void page_free(Page* pg, uint64_t now, bool purge_now) {
     os_purge(page_area(s, pg), page_area_size(s));
     pg->dirty = 0;
   } else {
+    g_dirty_changed = true;
     background_kick();
   }
   uint8_t kind = s->kind == kSegSmall ? kKindSmall : kKindMedium;
@@ -349,6 +354,10 @@ uint64_t segment_purge_locked(uint64_t now, bool force) {
     g_dirty_bytes.store(0, std::memory_order_relaxed);
     return kNeverMs;
   }
+  // Cheap when nothing is dirty: a pass walks every slot under g_lock, which
+  // page_new of the allocating threads waits for.
+  if (!g_dirty_changed && g_dirty_bytes.load(std::memory_order_relaxed) == 0) return kNeverMs;
+  g_dirty_changed = false;
   uint64_t total = 0;
   for_each_dirty(now, [&](size_t bytes, uint64_t, auto) { total += bytes; });
   uint64_t dt = now > last ? now - last : 0;
