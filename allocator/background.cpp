@@ -20,6 +20,7 @@
 namespace am {
 
 std::atomic<uint8_t> g_bg_state{0};
+std::atomic<uint64_t> g_idle_clock{0};
 
 namespace {
 
@@ -37,6 +38,9 @@ std::atomic<uint64_t> g_ticks;
 pthread_t g_thread;
 
 uint64_t tick(uint64_t now) {
+  uint64_t clock = now / kIdleTickMs + 1;
+  if (g_idle_clock.load(std::memory_order_relaxed) != clock)
+    g_idle_clock.store(clock, std::memory_order_relaxed);
   uint64_t next = maintenance_tick(now);
   if (uint64_t n = predict_tick(now); n < next) next = n;
   for (auto& t : g_tasks)
@@ -118,6 +122,7 @@ void background_kick() {
 void background_allow() { g_allowed.store(1, std::memory_order_release); }
 
 void background_stop() {
+  g_idle_clock.store(0, std::memory_order_relaxed);
   if (!g_running.exchange(0, std::memory_order_acq_rel)) return;
   g_stop.store(1, std::memory_order_release);
   wake();
@@ -126,6 +131,7 @@ void background_stop() {
 }
 
 void background_fork_child() {
+  g_idle_clock.store(0, std::memory_order_relaxed);
   g_running.store(0, std::memory_order_relaxed);
   g_long_sleep.store(0, std::memory_order_relaxed);
   g_stop.store(0, std::memory_order_relaxed);

@@ -30,4 +30,11 @@ void background_stop();        // at exit: stop and join
 void background_fork_child();  // the child has no worker; it restarts lazily
 uint64_t background_ticks();   // for stats and tests
 
+// The idle point's clock: while the worker runs, it sets this to the
+// current time in units of kIdleTickMs (never 0), so that an idle point
+// sees a tick by comparing two loads; 0 while no worker runs (idle points
+// then count their calls instead).
+constexpr uint64_t kIdleTickMs = 16;
+extern std::atomic<uint64_t> g_idle_clock;
+
 }  // namespace am
