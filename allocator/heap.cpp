@@ -272,8 +272,7 @@ Page* page_new(Heap* h, unsigned cls) {
     page_collect(pg);
     h->pages_adopted++;
   } else {
-    page_init(pg, cls, h);
-    page_extend(pg);
+    page_init(pg, cls, h);  // blocks are carved as they are needed
   }
   queue_push_back(h, pg);
   return pg;
@@ -496,7 +495,10 @@ void* heap_alloc_class(Heap* h, unsigned cls) {
     while (Page* pg = h->queues[cls].first) {
       if (pg->free) return pop(pg);
       if (page_collect(pg) && pg->free) return pop(pg);
-      if (page_extend(pg)) return pop(pg);
+      if (Block* b = page_carve(pg)) {
+        pg->used++;
+        return b;
+      }
       page_to_full(h, pg);
     }
     // Before taking a new page: collect what other threads freed into all

@@ -40,6 +40,28 @@ bool page_extend(Page* pg) {
   return true;
 }
 
+Block* page_carve(Page* pg) {
+  if (pg->capacity == pg->reserved) return nullptr;
+  const size_t bs = pg->block_size;
+  uint8_t* frontier = pg->start + size_t{pg->capacity} * bs;
+  // Blocks that start before the next OS page boundary (none if the carved
+  // part ends on one): the block handed out before them lies in that page.
+  uintptr_t f = reinterpret_cast<uintptr_t>(frontier);
+  uintptr_t boundary = (f + kOsPage - 1) & ~uintptr_t{kOsPage - 1};
+  uint32_t n = static_cast<uint32_t>((boundary - f + bs - 1) / bs);
+  uint32_t left = pg->reserved - pg->capacity;
+  if (n >= left) n = left - 1;  // keep one to hand out
+  if (n > 0) {
+    uint8_t* b = frontier;
+    for (uint32_t i = 1; i < n; i++, b += bs)
+      reinterpret_cast<Block*>(b)->next = reinterpret_cast<Block*>(b + bs);
+    reinterpret_cast<Block*>(b)->next = pg->free;
+    pg->free = reinterpret_cast<Block*>(frontier);
+  }
+  pg->capacity += n + 1;
+  return reinterpret_cast<Block*>(frontier + size_t{n} * bs);
+}
+
 uint32_t page_collect(Page* pg) {
   // Only the owner (or g_lock's holder, for pages without one) collects or
   // changes the flag, so it is the same before and after the exchange.

@@ -7,8 +7,17 @@ namespace am {
 // A fresh page slot becomes a page of class `cls` owned by `h`.
 void page_init(Page* pg, unsigned cls, Heap* h);
 // Carve up to kExtendBytes of new blocks onto the (empty) free list.
-// Returns false when the page has none left.
+// Returns false when the page has none left. (For pages built ahead, whose
+// memory is touched first.)
 bool page_extend(Page* pg);
+// The allocation path's carve: links onto the (empty) free list the blocks
+// that start in the OS page where the carved part ends, and returns the
+// next block unlinked (counted in `capacity`, not in `used`), or nullptr
+// when the page has none left. So amalloc writes only into OS pages that
+// the application has already been handed a block of: the page fault of a
+// fresh OS page happens at the application's first write, not inside
+// malloc, where it was the slowest 0.1% of allocations in bursts.
+Block* page_carve(Page* pg);
 // Move frees made by other threads onto the owner's free list.
 // Returns how many blocks came back.
 uint32_t page_collect(Page* pg);
