@@ -122,11 +122,11 @@ void background_kick() {
 void background_allow() { g_allowed.store(1, std::memory_order_release); }
 
 void background_stop() {
-  g_idle_clock.store(0, std::memory_order_relaxed);
   if (!g_running.exchange(0, std::memory_order_acq_rel)) return;
   g_stop.store(1, std::memory_order_release);
   wake();
   if (!pthread_equal(pthread_self(), g_thread)) pthread_join(g_thread, nullptr);
+  g_idle_clock.store(0, std::memory_order_relaxed);  // after the join: no tick() is left to set it
   g_bg_state.store(2, std::memory_order_release);
 }
 

@@ -103,14 +103,17 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
   // on the list, the owner may collect it, empty the page and unmap it.
   // Heaps are never unmapped, so the hints below are safe (at worst one
   // lands on a heap that no longer owns the page, and costs it a look).
-  Heap* o = pg->heap.load(std::memory_order_acquire);
+  // The owner is read after the value the CAS replaces: a page adopted
+  // and filled meanwhile set kXFull after its new owner was published.
   Block* b = static_cast<Block*>(p);
-  uintptr_t old = pg->xthread_free.load(std::memory_order_relaxed);
+  uintptr_t old = pg->xthread_free.load(std::memory_order_acquire);
+  Heap* o;
   do {
+    o = pg->heap.load(std::memory_order_acquire);
     b->next = reinterpret_cast<Block*>(old & ~kXFull);
   } while (!pg->xthread_free.compare_exchange_weak(
       old, reinterpret_cast<uintptr_t>(b) | (old & kXFull), std::memory_order_seq_cst,
-      std::memory_order_relaxed));
+      std::memory_order_acquire));
   if (h != &g_empty_heap)
     h->remote_frees++;
   else

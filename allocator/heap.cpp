@@ -555,7 +555,7 @@ void heap_page_unfull(Heap* h, Page* pg) {
 // owner: it try-locks the heap's full list. Under g_lock, which also keeps
 // thread exit and heap destruction away. Returns whether to look again.
 constexpr uint64_t kSweepMs = 10;
-constexpr unsigned kSweepPagesPerHeap = 256;  // bounds the owner's wait
+constexpr unsigned kSweepPagesPerHeap = 256;  // pages collected a pass: bounds the owner's wait
 
 bool sweep_full_pages_locked(uint64_t now) {
   bool again = false;
@@ -573,17 +573,22 @@ bool sweep_full_pages_locked(uint64_t now) {
     if (h->full_lock.exchange(1, std::memory_order_acquire)) continue;
     h->full_remote_hint.store(0, std::memory_order_seq_cst);
     h->sweep_seen = 0;
+    // The budget counts pages that had frees to collect (a page collected
+    // before and untouched since costs only a look), so a later sweep
+    // always gets past the pages an earlier one dealt with.
     unsigned budget = kSweepPagesPerHeap;
     bool kept = false;
+    Page* emptied = nullptr;
     Page* pg = h->full;
-    for (; pg && budget > 0; budget--) {
+    while (pg && budget > 0) {
       Page* next = pg->next;
       if (page_collect(pg)) {
+        budget--;
         if (pg->used == 0) {
           full_remove(h, pg);
           pg->in_full = 0;
-          segment_page_free_locked(pg, now);
-          stats_add(g_os_stats.swept_pages, 1);
+          pg->next = emptied;
+          emptied = pg;
         } else {
           kept = true;
         }
@@ -596,6 +601,13 @@ bool sweep_full_pages_locked(uint64_t now) {
     }
     full_unlock(h);
     if (kept) h->remote_hint.store(1, std::memory_order_seq_cst);
+    // Out of the owner's reach now; freeing them (which may purge or unmap)
+    // need not hold up its slow path.
+    while (Page* e = emptied) {
+      emptied = e->next;
+      segment_page_free_locked(e, now);
+      stats_add(g_os_stats.swept_pages, 1);
+    }
   }
   return again;
 }

@@ -1,6 +1,7 @@
 // Heaps: one per thread (created lazily), their page queues, the slow
 // allocation path, thread exit (abandoning pages) and adoption.
 #pragma once
+#include "allocator/os.h"
 #include "allocator/types.h"
 
 namespace am {
@@ -29,8 +30,13 @@ void heap_page_unfull(Heap* h, Page* pg);
 // Heap::full_lock. The owner may wait for a sweep (which holds it for a
 // bounded number of pages); a sweep never waits for the owner.
 inline void full_lock(Heap* h) {
+  unsigned spins = 0;
   while (h->full_lock.exchange(1, std::memory_order_acquire))
-    while (h->full_lock.load(std::memory_order_relaxed)) AM_CPU_RELAX();
+    while (h->full_lock.load(std::memory_order_relaxed))
+      if (++spins < 256)
+        AM_CPU_RELAX();
+      else
+        os_yield();  // the sweeping thread may have lost its CPU
 }
 inline void full_unlock(Heap* h) { h->full_lock.store(0, std::memory_order_release); }
 // Collect remote frees, retire empty pages, and purge what is due.

@@ -131,13 +131,12 @@ void send_home(FrameCache* c, FrameCache* owner, Node* n) {
   if (o.count >= kBatch) flush(c, o);
 }
 
-// Pools that missed since the last adaptation grow; pools that kept more
-// than half their capacity unused give the surplus back and shrink.
+// Pools that did not miss since the last adaptation and kept more than
+// half their capacity unused give the surplus back and shrink (they grow on
+// the miss path, frame_alloc_slow).
 void adapt(FrameCache* c) {
   for (Pool& pl : c->pools) {
-    if (pl.misses_since_adapt > pl.cap / 4 && pl.cap < kMaxCap) {
-      pl.cap *= 2;
-    } else if (pl.misses_since_adapt == 0 && pl.count > pl.cap / 2) {
+    if (pl.misses_since_adapt == 0 && pl.count > pl.cap / 2) {
       while (pl.count > pl.cap / 4) {
         Node* n = pl.head;
         pl.head = n->next;
@@ -241,7 +240,12 @@ __attribute__((noinline)) void* frame_alloc_slow(size_t size) {
       return n;
     }
     pl.misses++;
-    pl.misses_since_adapt++;
+    // Grow at once when a quarter of the capacity has missed (the idle
+    // point's tick, which shrinks, may be a second apart).
+    if (++pl.misses_since_adapt > pl.cap / 4 && pl.cap < kMaxCap) {
+      pl.cap *= 2;
+      pl.misses_since_adapt = 0;
+    }
   }
   void* p = am_malloc(s + sizeof(Trailer));
   if (p) *trailer(p, s) = Trailer{c, 0};

@@ -62,8 +62,8 @@ inline size_t round16(size_t n) { return n < 16 ? 16 : (n + 15) & ~size_t{15}; }
 void* frame_alloc(size_t size);
 void frame_free(void* p, size_t size);
 // The executor idle point's part: send batches home, take returned frames
-// in, and on a tick (16 ms; see pools/executor.cpp) adapt pool sizes and
-// give unused frames back.
+// in, and on a tick (see pools/executor.cpp) shrink pools that kept
+// frames unused and give those back.
 extern __thread FrameCache* t_frames __attribute__((tls_model("initial-exec")));
 void frame_idle_work(FrameCache* c, bool tick);
 inline bool frame_work_waiting(const FrameCache* c) {

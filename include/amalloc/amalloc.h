@@ -95,9 +95,11 @@ AM_API void am_heap_delete(am_heap_t* heap);
  * block (before epoll_wait, at the end of a run-queue pass). It collects
  * the frees other threads made into this thread's current heap (so that
  * memory becomes reusable even if this thread allocates no more), sends
- * frames home, is a registered executor's epoch quiescent state, and once
- * per 16 ms (every 64th call with AMALLOC_BACKGROUND=0) runs the purge pass
- * and adapts the frame pools. A few loads when there is nothing to do. */
+ * frames home, is a registered executor's epoch quiescent state, and on a
+ * tick (at most every 16 ms, at least every second while the background
+ * worker runs; every 64th call with AMALLOC_BACKGROUND=0) runs the purge
+ * pass and shrinks idle frame pools. A few loads when there is nothing to
+ * do. */
 AM_API void am_executor_idle(void);
 
 /* ---- coroutine-frame pools ---------------------------------------------- */

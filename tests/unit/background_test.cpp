@@ -152,6 +152,33 @@ AMT_SCENARIO(bg_blocked_owner) {
   return 0;
 }
 
+// More full pages than one sweep collects (256), with the pages that keep
+// a live block ahead of the emptied ones on the full list: later sweeps
+// must get past them. The owner fills 600 pages of 1 KiB blocks and blocks;
+// the main thread frees all but one block of each of the 300 pages filled
+// last.
+AMT_SCENARIO(bg_blocked_owner_many_pages) {
+  constexpr int kPages = 600, kKeep = 300, kPerPage = 64;
+  std::vector<void*> v;
+  std::atomic<bool> filled{false}, done{false};
+  std::thread owner([&] {
+    for (int i = 0; i < kPages * kPerPage; i++) v.push_back(am_malloc(1024));
+    filled.store(true);
+    while (!done.load()) std::this_thread::sleep_for(1ms);
+  });
+  while (!filled.load()) std::this_thread::sleep_for(1ms);
+  for (std::size_t i = 0; i < v.size(); i++)
+    if (i / kPerPage < kPages - kKeep || i % kPerPage != 0) am_free(v[i]);
+  std::this_thread::sleep_for(1000ms);
+  am_stats_t s;
+  am_stats_get(&s);
+  std::printf("SWEPT %llu IN_USE %llu\n", static_cast<unsigned long long>(s.swept_pages),
+              static_cast<unsigned long long>(s.pages_in_use));
+  done.store(true);
+  owner.join();
+  return 0;
+}
+
 // The child of a fork has no worker until its first slow path; then it does
 // the same work as the parent's.
 AMT_SCENARIO(bg_fork_child) {
@@ -227,6 +254,19 @@ TEST(Background, PagesOfABlockedOwnerAreSweptWithoutCalls) {
   ASSERT_TRUE(c.exited_ok()) << c.describe();
   expect_given_back(parse(c.out), c);
   EXPECT_EQ(c.out.find("SWEPT 0\n"), std::string::npos) << c.describe();
+}
+
+TEST(Background, SweepsGetPastMoreFullPagesThanOnePassTakes) {
+  auto c = amt::run_scenario("bg_blocked_owner_many_pages", kEnv);
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  unsigned long long swept = 0, in_use = 0;
+  ASSERT_EQ(
+      std::sscanf(c.out.c_str() + c.out.find("SWEPT "), "SWEPT %llu IN_USE %llu", &swept, &in_use),
+      2)
+      << c.describe();
+  EXPECT_GE(swept, 290u) << "emptied full pages behind the first 256 were not swept\n"
+                         << c.describe();
+  EXPECT_LE(in_use, 310u) << c.describe();
 }
 
 TEST(Background, ForkChildRestartsTheWorker) {
