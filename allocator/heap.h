@@ -45,8 +45,6 @@ void heap_collect(Heap* h, bool force);
 void maintenance_maybe();
 // Every heap ever made, linked by `next` (for the worker). Under g_lock.
 Heap* heaps_first_locked();
-// Put a page of the owner's at the back of its class queue.
-void heap_queue_page(Heap* h, Page* pg);
 // Purge what is due and sweep abandoned pages; returns when more falls due.
 uint64_t maintenance_tick(uint64_t now);
 

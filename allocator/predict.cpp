@@ -15,6 +15,7 @@
 #include "allocator/options.h"
 #include "allocator/os.h"
 #include "allocator/page.h"
+#include "allocator/queue.h"
 #include "allocator/segment.h"
 #include "allocator/stats.h"
 
@@ -178,7 +179,7 @@ size_t prefill(Heap* h, unsigned cls, size_t pages) {
     Page* pg = build_page(h, cls);
     if (!pg) break;
     stats_sub(g_ready_bytes, page_bytes(cls));
-    heap_queue_page(h, pg);
+    queue_push_back(h, pg);
   }
   return made;
 }

@@ -1,5 +1,6 @@
-// Epoch-based deferred reclamation: registration, retirement batches, the
-// advance scan, reclamation, and the thread-exit and fork hooks.
+// Epoch-based deferred reclamation, the collector: registration, retirement
+// batches, the advance scan, reclamation, the idle point's part, and the
+// thread-exit and fork hooks. The public API is in epoch_api.cpp.
 //
 // Invariants:
 // - g_epoch only grows. A batch sealed at epoch t holds retirements made at
@@ -27,11 +28,11 @@ namespace am::epoch {
 std::atomic<uint64_t> g_sealed_batches;
 __thread Record* t_rec;
 
-namespace {
+__thread uint8_t t_exec;
+__thread uint8_t t_offline;
+__thread uint8_t t_reclaiming;
 
-__thread uint8_t t_exec;        // registered as an executor
-__thread uint8_t t_offline;     // ... and offline now
-__thread uint8_t t_reclaiming;  // running deleters
+namespace {
 
 // Above this many sealed, unreclaimed batches a retiring thread that is not
 // pinned helps grace periods along for up to kMaxWaitMs (back-pressure).
@@ -286,34 +287,6 @@ void backoff(uint32_t round) {
     os_sleep_us(round < 256 ? 50 : 1000);
 }
 
-// Waits until the epoch reaches `target`, reclaiming on the way.
-void wait_epoch(uint64_t target) {
-  for (uint32_t round = 0; epoch_now().load(std::memory_order_acquire) < target; round++)
-    if (!try_advance()) backoff(round);
-}
-
-// Runs `wait` with the calling executor offline, as urcu-qsbr does: a thread
-// inside synchronize reads nothing. False (and a report) inside a guard.
-template <class F>
-bool unpinned_wait(const char* fn, F wait) {
-  if (t_nest != t_perm || t_reclaiming) {
-    misuse(fn, t_reclaiming ? "called from a deleter; returning at once"
-                            : "called while pinned; returning at once");
-    return false;
-  }
-  bool was_perm = t_perm;
-  if (was_perm) {
-    t_perm = t_nest = 0;
-    t_rec->state.store(0, std::memory_order_release);
-  }
-  wait();
-  if (was_perm) {
-    t_perm = t_nest = 1;
-    pin(t_rec);
-  }
-  return true;
-}
-
 void thread_exit(void* v) {
   auto* r = static_cast<Record*>(v);
   t_nest = 0;
@@ -374,8 +347,6 @@ void fork_child() {
   // switching to fences is safe if the child cannot register.
   if (membarrier_on()) am_epoch_reader_fence_ = os_membarrier_register() ? 0 : 1;
 }
-
-void stats_hook(int fd, bool json);
 
 // The worker's task: seal batches left open, advance, reclaim. Batches
 // sealed in the last kWorkerAfterMs are left to the threads that retire:
@@ -489,7 +460,9 @@ void open_entry(Record* r, const Entry& x) {
   }
 }
 
-void retire_entry(const char* fn, void* p, void (*f)(void*, void*), void* ctx, bool free_after) {
+}  // namespace
+
+void retire(const char* fn, void* p, void (*f)(void*, void*), void* ctx, bool free_after) {
   uint32_t bytes = 0;
   if (free_after) {
     if (p == nullptr) return;
@@ -502,6 +475,8 @@ void retire_entry(const char* fn, void* p, void (*f)(void*, void*), void* ctx, b
   open_entry(r, Entry{p, f, ctx, bytes, free_after ? 1u : 0u});
 }
 
+namespace {
+
 AM_APPROXIMATE_READS void open_totals(uint64_t* n, uint64_t* bytes) {
   for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) {
     lock_open(r);
@@ -511,51 +486,6 @@ AM_APPROXIMATE_READS void open_totals(uint64_t* n, uint64_t* bytes) {
     }
     unlock_open(r);
   }
-}
-
-void stats_hook(int fd, bool json) {
-  am_epoch_stats_t s;
-  am_epoch_stats(&s);
-  if (s.threads == 0 && s.retired == 0) return;
-  Out o;
-  if (json) {
-    o.str(",\"epoch\":{\"epoch\":")
-        .num(s.epoch)
-        .str(",\"threads\":")
-        .num(s.threads)
-        .str(",\"retired\":")
-        .num(s.retired)
-        .str(",\"reclaimed\":")
-        .num(s.reclaimed)
-        .str(",\"pending\":")
-        .num(s.pending)
-        .str(",\"pending_bytes\":")
-        .num(s.pending_bytes)
-        .str(",\"advances\":")
-        .num(s.advances)
-        .str(",\"failed_advances\":")
-        .num(s.failed_advances)
-        .str(",\"stall_warnings\":")
-        .num(s.stall_warnings)
-        .ch('}');
-  } else {
-    o.str("  epochs:     epoch ")
-        .num(s.epoch)
-        .str(", ")
-        .num(s.threads)
-        .str(" threads, ")
-        .num(s.retired)
-        .str(" retired, ")
-        .num(s.pending)
-        .str(" pending (")
-        .bytes(s.pending_bytes)
-        .str("), ")
-        .num(s.advances)
-        .str(" advances, ")
-        .num(s.failed_advances)
-        .str(" waits on a pinned thread\n");
-  }
-  o.flush(fd);
 }
 
 }  // namespace
@@ -595,6 +525,46 @@ AM_COLD void misuse(const char* fn, const char* what, const void* p) {
   o.str("amalloc: ").str(fn).str("(): ").str(what);
   if (p) o.ch(' ').hex(reinterpret_cast<uintptr_t>(p));
   o.ch('\n').flush(2);
+}
+
+// -- what the public API (epoch_api.cpp) needs of the collector -------------
+
+// Two advances from now, whatever the pins show now, then reclaim.
+void wait_grace_period() {
+  uint64_t target = epoch_now().load(std::memory_order_acquire) + 2;
+  for (uint32_t round = 0; epoch_now().load(std::memory_order_acquire) < target; round++)
+    if (!try_advance()) backoff(round);
+  reclaim();
+}
+
+// Every batch sealed so far (open ones sealed first) has run its deleters.
+void wait_all_reclaimed() {
+  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) seal_open(r);
+  uint64_t target;
+  {
+    MuGuard g;
+    target = g_seal_seq;
+  }
+  for (uint32_t round = 0; g_done_seq.load(std::memory_order_acquire) < target; round++) {
+    bool advanced = try_advance();
+    reclaim();
+    if (!advanced || g_reclaiming.load(std::memory_order_relaxed)) backoff(round);
+  }
+}
+
+AM_APPROXIMATE_READS void collector_stats(am_epoch_stats_t* out) {
+  uint64_t open_n = 0, open_bytes = 0, threads = 0;
+  open_totals(&open_n, &open_bytes);
+  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) threads += r->in_use;
+  out->epoch = epoch_now().load(std::memory_order_relaxed);
+  out->threads = threads;
+  out->reclaimed = g_reclaimed.load(std::memory_order_relaxed);
+  out->retired = g_retired.load(std::memory_order_relaxed) + open_n;
+  out->pending = out->retired - out->reclaimed;
+  out->pending_bytes = g_sealed_bytes.load(std::memory_order_relaxed) + open_bytes;
+  out->advances = g_advances.load(std::memory_order_relaxed);
+  out->failed_advances = g_failed.load(std::memory_order_relaxed);
+  out->stall_warnings = g_warnings.load(std::memory_order_relaxed);
 }
 
 static void idle_work(Record* r, bool guarded);
@@ -647,98 +617,5 @@ __thread am_epoch_self_t am_epoch_self_;
 uint64_t am_epoch_global_ = 1;
 // A full fence on each pin until membarrier is known to work (init_once).
 int am_epoch_reader_fence_ = 1;
-
-void am_epoch_pin_slow_(void) {
-  Record* r = t_rec;
-  if (!r) r = register_thread();
-  pin(r);
-}
-
-void am_epoch_unpin_slow_(void) { leave(); }
-
-void am_epoch_enter(void) { enter(); }
-void am_epoch_exit(void) { leave(); }
-
-void am_retire(void* p) { retire_entry("am_retire", p, nullptr, nullptr, true); }
-
-void am_retire_fn(void* p, void (*fn)(void* p, void* ctx), void* ctx) {
-  retire_entry("am_retire_fn", p, fn, ctx, true);
-}
-
-void am_epoch_defer(void* p, void (*fn)(void* p, void* ctx), void* ctx) {
-  if (fn == nullptr) return misuse("am_epoch_defer", "no function given; ignored");
-  retire_entry("am_epoch_defer", p, fn, ctx, false);
-}
-
-void am_epoch_synchronize(void) {
-  if (!t_rec) register_thread();
-  unpinned_wait("am_epoch_synchronize", [] {
-    wait_epoch(epoch_now().load(std::memory_order_acquire) + 2);
-    reclaim();
-  });
-}
-
-void am_epoch_barrier(void) {
-  if (!t_rec) register_thread();
-  unpinned_wait("am_epoch_barrier", [] {
-    for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) seal_open(r);
-    uint64_t target;
-    {
-      MuGuard g;
-      target = g_seal_seq;
-    }
-    for (uint32_t round = 0; g_done_seq.load(std::memory_order_acquire) < target; round++) {
-      bool advanced = try_advance();
-      reclaim();
-      if (!advanced || g_reclaiming.load(std::memory_order_relaxed)) backoff(round);
-    }
-  });
-}
-
-void am_epoch_executor_register(void) {
-  Record* r = t_rec;
-  if (!r) r = register_thread();
-  if (t_exec) return;
-  t_exec = 1;
-  t_offline = 0;
-  t_perm = 1;
-  if (t_nest++ == 0) pin(r);  // inside a guard, the guard's older pin stands
-}
-
-void am_epoch_executor_unregister(void) {
-  if (!t_exec) return;
-  if (t_perm && --t_nest == 0) t_rec->state.store(0, std::memory_order_release);
-  t_exec = t_offline = t_perm = 0;
-}
-
-void am_epoch_offline(void) {
-  if (!t_exec || t_offline) return;
-  if (t_nest != 1) return misuse("am_epoch_offline", "called while pinned by a guard; ignored");
-  t_offline = 1;
-  t_perm = t_nest = 0;
-  t_rec->state.store(0, std::memory_order_release);
-}
-
-void am_epoch_online(void) {
-  if (!t_exec || !t_offline) return;
-  t_offline = 0;
-  t_perm = 1;
-  if (t_nest++ == 0) pin(t_rec);
-}
-
-AM_APPROXIMATE_READS void am_epoch_stats(am_epoch_stats_t* out) {
-  uint64_t open_n = 0, open_bytes = 0, threads = 0;
-  open_totals(&open_n, &open_bytes);
-  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) threads += r->in_use;
-  out->epoch = epoch_now().load(std::memory_order_relaxed);
-  out->threads = threads;
-  out->reclaimed = g_reclaimed.load(std::memory_order_relaxed);
-  out->retired = g_retired.load(std::memory_order_relaxed) + open_n;
-  out->pending = out->retired - out->reclaimed;
-  out->pending_bytes = g_sealed_bytes.load(std::memory_order_relaxed) + open_bytes;
-  out->advances = g_advances.load(std::memory_order_relaxed);
-  out->failed_advances = g_failed.load(std::memory_order_relaxed);
-  out->stall_warnings = g_warnings.load(std::memory_order_relaxed);
-}
 
 }  // extern "C"

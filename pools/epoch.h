@@ -63,7 +63,20 @@ extern __thread Record* t_rec;
 #define t_nest am_epoch_self_.nest
 #define t_perm am_epoch_self_.perm
 
+// Executor mode (epoch_api.cpp), and whether this thread runs deleters.
+extern __thread uint8_t t_exec;        // registered as an executor
+extern __thread uint8_t t_offline;     // ... and offline now
+extern __thread uint8_t t_reclaiming;  // running deleters
+
 Record* register_thread();
+// What the public API asks of the collector (epoch.cpp): a retirement
+// (free_after: am_free(p) after f), a grace period with reclamation, every
+// retirement made so far reclaimed, the counters, and the report's lines.
+void retire(const char* fn, void* p, void (*f)(void*, void*), void* ctx, bool free_after);
+void wait_grace_period();
+void wait_all_reclaimed();
+void collector_stats(am_epoch_stats_t* out);
+void stats_hook(int fd, bool json);
 // One line naming the function (and the pointer, if any).
 AM_COLD void misuse(const char* fn, const char* what, const void* p = nullptr);
 AM_NOINLINE void idle_slow(Record* r);
