@@ -191,6 +191,7 @@ AM_APPROXIMATE_READS int am_defrag_hint(const void* p) {
   if (!p || !segmap_fast(reinterpret_cast<uintptr_t>(p))) return 0;
   Page* pg = page_checked("am_defrag_hint", p);
   if (!pg || pg->kind == kKindLarge || pg->is_head) return 0;
+  if (pg->meshed) return 1;  // moving its blocks out lets the group go
   uint32_t live = pg->used;
   return live * 2 < pg->reserved ? 1 : 0;
 }

@@ -6,6 +6,7 @@
 #include "allocator/background.h"
 #include "allocator/format.h"
 #include "allocator/large.h"
+#include "allocator/mesh.h"
 #include "allocator/options.h"
 #include "allocator/stats.h"
 
@@ -105,10 +106,14 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
   // lands on a heap that no longer owns the page, and costs it a look).
   // The owner is read after the value the CAS replaces: a page adopted
   // and filled meanwhile set kXFull after its new owner was published.
+  // A meshed page's blocks are never linked (see mesh.h); a link written
+  // before the page became meshed lands in this block's own slot, which
+  // no other page's live block shares.
   Block* b = static_cast<Block*>(p);
   uintptr_t old = pg->xthread_free.load(std::memory_order_acquire);
   Heap* o;
   do {
+    if (old & kXMesh) return mesh_free(pg, p);
     o = pg->heap.load(std::memory_order_acquire);
     b->next = reinterpret_cast<Block*>(old & ~kXFull);
   } while (!pg->xthread_free.compare_exchange_weak(

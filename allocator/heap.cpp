@@ -8,6 +8,7 @@
 
 #include "allocator/background.h"
 #include "allocator/lock.h"
+#include "allocator/mesh.h"
 #include "allocator/options.h"
 #include "allocator/os.h"
 #include "allocator/page.h"
@@ -344,7 +345,13 @@ static void collect_remote(Heap* h) {
 
 void heap_idle_work(Heap* h, bool collect, bool tick) {
   if (collect) collect_remote(h);
-  if (tick) maintenance_maybe();
+  if (tick) {
+    maintenance_maybe();
+    if (g_options.mesh) {
+      uint64_t now = os_now_ms();
+      if (mesh_due(h, now)) mesh_heap(h, now);
+    }
+  }
 }
 
 void* heap_alloc_class(Heap* h, unsigned cls) {
@@ -374,6 +381,10 @@ void* heap_alloc_class(Heap* h, unsigned cls) {
       if (h->queues[cls].first) continue;
     }
     maintenance_maybe();
+    if (g_options.mesh) {
+      uint64_t now = os_now_ms();
+      if (mesh_due(h, now)) mesh_heap(h, now);
+    }
     if (!page_new(h, cls)) {
       errno = ENOMEM;
       return nullptr;
@@ -498,6 +509,7 @@ void heap_collect(Heap* h, bool force) {
         pg = next;
       }
     }
+    if (g_options.mesh && h->is_default) mesh_heap(h, os_now_ms());
   }
   LockGuard g;
   uint64_t now = os_now_ms();

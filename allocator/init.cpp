@@ -5,6 +5,7 @@
 #include <atomic>
 
 #include "allocator/background.h"
+#include "allocator/filemap.h"
 #include "allocator/format.h"
 #include "allocator/heap.h"
 #include "allocator/lock.h"
@@ -20,10 +21,17 @@ namespace {
 
 std::atomic<uint8_t> g_inited;
 
-void fork_prepare() { pthread_mutex_lock(&g_lock); }
-void fork_parent() { pthread_mutex_unlock(&g_lock); }
+void fork_prepare() {
+  pthread_mutex_lock(&g_lock);
+  filemap_fork_prepare();
+}
+void fork_parent() {
+  filemap_fork_parent();
+  pthread_mutex_unlock(&g_lock);
+}
 void fork_child() {
   pthread_mutex_init(&g_lock, nullptr);
+  filemap_fork_child();
   heap_fork_child();
   background_fork_child();
 }
@@ -44,6 +52,8 @@ void print_options() {
       .num(g_options.background)
       .str(" predict=")
       .num(g_options.predict)
+      .str(" mesh=")
+      .num(g_options.mesh)
       .str(" epoch_warn=")
       .num(g_options.epoch_warn_ms)
       .str("ms\n")

@@ -19,6 +19,10 @@ struct Options {
   // AMALLOC_PREDICT=1: the worker builds pages ahead of bursts (off by
   // default: it costs a few MiB in loops that keep taking cold pages)
   uint8_t predict = 0;
+  // AMALLOC_MESH=1: small and medium pages live in a memory file, and
+  // sparse pages of one class whose live blocks do not overlap are merged
+  // onto one physical page (allocator/mesh.cpp)
+  uint8_t mesh = 0;
   // AMALLOC_PURGE_DELAY=ms: the half-life of free resident memory (0: purge at once)
   uint32_t purge_delay_ms = 100;
   // AMALLOC_EPOCH_WARN_MS=ms: name a thread pinned this long (0: never)

@@ -1,9 +1,12 @@
 #include "allocator/os.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -124,6 +127,107 @@ void* os_remap_aligned(void* p, size_t old_size, size_t new_size, size_t align) 
   stats_add(g_os_stats.reserved_bytes, new_size);
   stats_sub(g_os_stats.reserved_bytes, old_size);
   return r;
+}
+
+int os_file_create() {
+  ErrnoGuard guard;
+  int fd = static_cast<int>(syscall(SYS_memfd_create, "amalloc", MFD_CLOEXEC));
+  if (fd < 0) return -1;
+  if (ftruncate(fd, static_cast<off_t>(uint64_t{1} << kAddressBits)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+void os_file_close(int fd) {
+  ErrnoGuard guard;
+  close(fd);
+}
+
+bool os_map_file(void* p, size_t size, int fd, uint64_t off) {
+  ErrnoGuard guard;
+  void* q =
+      mmap(p, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, static_cast<off_t>(off));
+  stats_add(g_os_stats.mmap_calls, 1);
+  return q == p;
+}
+
+void os_file_punch(int fd, uint64_t off, size_t size) {
+  ErrnoGuard guard;
+  fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+            static_cast<off_t>(size));
+}
+
+void os_purge_file(void* p, size_t size) {
+  ErrnoGuard guard;
+  madvise(p, size, MADV_REMOVE);
+  stats_add(g_os_stats.purged_bytes, size);
+  stats_add(g_os_stats.purge_calls, 1);
+}
+
+bool os_file_copy(int to, int from, const void* p, uint64_t off, size_t size) {
+  ErrnoGuard guard;
+  const auto* base = static_cast<const uint8_t*>(p);
+  off_t pos = static_cast<off_t>(off), end = static_cast<off_t>(off + size);
+  while (pos < end) {
+    off_t data = lseek(from, pos, SEEK_DATA);
+    if (data < 0 || data >= end) return true;
+    off_t hole = lseek(from, data, SEEK_HOLE);
+    if (hole < 0 || hole > end) hole = end;
+    for (off_t at = data; at < hole;) {
+      ssize_t w =
+          pwrite(to, base + (at - static_cast<off_t>(off)), static_cast<size_t>(hole - at), at);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return false;
+      at += w;
+    }
+    pos = hole;
+  }
+  return true;
+}
+
+bool os_protect(void* p, size_t size, bool writable) {
+  ErrnoGuard guard;
+  return mprotect(p, size, writable ? PROT_READ | PROT_WRITE : PROT_READ) == 0;
+}
+
+namespace {
+struct sigaction g_prev_segv;  // what our SIGSEGV handler replaced
+}  // namespace
+
+bool os_fault_handler_install(FaultHandler handler) {
+  ErrnoGuard guard;
+  struct sigaction sa = {};
+  sa.sa_sigaction = reinterpret_cast<void (*)(int, siginfo_t*, void*)>(handler);
+  // SA_NODEFER: a fault inside the chained handler is not blocked.
+  sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  return sigaction(SIGSEGV, &sa, &g_prev_segv) == 0;
+}
+
+bool os_fault_handler_is(FaultHandler handler) {
+  ErrnoGuard guard;
+  struct sigaction cur;
+  if (sigaction(SIGSEGV, nullptr, &cur) != 0) return false;
+  return (cur.sa_flags & SA_SIGINFO) &&
+         cur.sa_sigaction == reinterpret_cast<void (*)(int, siginfo_t*, void*)>(handler);
+}
+
+uintptr_t os_fault_address(void* info) {
+  return reinterpret_cast<uintptr_t>(static_cast<siginfo_t*>(info)->si_addr);
+}
+
+void os_fault_chain(int sig, void* info, void* context) {
+  if (g_prev_segv.sa_flags & SA_SIGINFO) {
+    g_prev_segv.sa_sigaction(sig, static_cast<siginfo_t*>(info), context);
+  } else if (g_prev_segv.sa_handler == SIG_DFL || g_prev_segv.sa_handler == SIG_IGN) {
+    struct sigaction dfl = {};
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGSEGV, &dfl, nullptr);
+  } else {
+    g_prev_segv.sa_handler(sig);
+  }
 }
 
 uint64_t os_now_ms() {

@@ -16,6 +16,32 @@ void os_purge(void* p, size_t size);
 // Grow or shrink a mapping at `p` to `new_size`, keeping it aligned to
 // `align`; moves the pages (never copies). nullptr on failure.
 void* os_remap_aligned(void* p, size_t old_size, size_t new_size, size_t align);
+// The memory file of AMALLOC_MESH (allocator/filemap.cpp): an anonymous
+// file (memfd) of 2^47 sparse bytes, so that any address can be its own
+// offset. -1 on failure.
+int os_file_create();
+void os_file_close(int fd);
+// Map `size` bytes of `fd` at offset `off` over [p, p + size), shared and
+// read-write. False on failure.
+bool os_map_file(void* p, size_t size, int fd, uint64_t off);
+// Free the file's pages of a range (a hole that reads as zeros).
+void os_file_punch(int fd, uint64_t off, size_t size);
+// Purge a shared file mapping: MADV_REMOVE frees the file's pages too.
+void os_purge_file(void* p, size_t size);
+// Copy the data (not the holes) of [off, off + size) of `from` to the same
+// offsets of `to`, reading them through the mapping at `p`. False when the
+// kernel refuses (out of memory).
+bool os_file_copy(int to, int from, const void* p, uint64_t off, size_t size);
+bool os_protect(void* p, size_t size, bool writable);
+// SIGSEGV: install `handler` (keeping the disposition it replaces), tell
+// whether it is still the one installed, read a fault's address, and pass
+// a fault on to the replaced disposition (the default one kills as the
+// fault would have, when the faulting access is retried).
+using FaultHandler = void (*)(int sig, void* info, void* context);
+bool os_fault_handler_install(FaultHandler handler);
+bool os_fault_handler_is(FaultHandler handler);
+uintptr_t os_fault_address(void* info);
+void os_fault_chain(int sig, void* info, void* context);
 uint64_t os_now_ms();  // coarse: a tick of the kernel clock
 uint64_t os_now_us();  // precise (vDSO), for rates finer than a tick
 // membarrier(2), private expedited: registers the process; false where the

@@ -1,5 +1,7 @@
 #include "allocator/page.h"
 
+#include "allocator/options.h"
+#include "allocator/os.h"
 #include "allocator/segment.h"
 
 namespace am {
@@ -40,8 +42,62 @@ bool page_extend(Page* pg) {
   return true;
 }
 
+namespace {
+
+__thread uint64_t t_shuffle_seed __attribute__((tls_model("initial-exec")));
+
+uint32_t gcd(uint32_t a, uint32_t b) {
+  while (b) {
+    uint32_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+// AMALLOC_MESH: the rest of the page in a random order (a random stride
+// coprime with the count, from a random start), so that the blocks that
+// stay live are spread over the page differently in every page, which is
+// what lets sparse pages mesh (Mesh, PLDI 2019). Touches the whole page.
+Block* carve_shuffled(Page* pg) {
+  uint64_t x = t_shuffle_seed;
+  if (x == 0) x = reinterpret_cast<uintptr_t>(&t_shuffle_seed) ^ os_now_us() ^ 0x9e3779b97f4a7c15u;
+  auto next = [&x] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  const uint32_t n = pg->reserved - pg->capacity;
+  const uint32_t base = pg->capacity;
+  uint32_t stride = n > 1 ? static_cast<uint32_t>(next() % (n - 1)) + 1 : 1;
+  while (gcd(stride, n) != 1) stride = stride % (n - 1) + 1;
+  uint32_t at = static_cast<uint32_t>(next() % n);
+  t_shuffle_seed = x;
+  const size_t bs = pg->block_size;
+  auto block = [&](uint32_t i) {
+    return reinterpret_cast<Block*>(pg->start + size_t{base + i} * bs);
+  };
+  Block* first = block(at);
+  Block* head = pg->free;
+  // Linked back to front, so the list runs in the shuffled order.
+  uint32_t last = static_cast<uint32_t>((at + uint64_t{stride} * (n - 1)) % n);
+  for (uint32_t k = n - 1, i = last; k > 0; k--) {
+    Block* b = block(i);
+    b->next = head;
+    head = b;
+    i = i >= stride ? i - stride : i + n - stride;
+  }
+  pg->free = head;
+  pg->capacity = pg->reserved;
+  return first;
+}
+
+}  // namespace
+
 Block* page_carve(Page* pg) {
   if (pg->capacity == pg->reserved) return nullptr;
+  if (g_options.mesh) return carve_shuffled(pg);
   const size_t bs = pg->block_size;
   uint8_t* frontier = pg->start + size_t{pg->capacity} * bs;
   // Blocks that start before the next OS page boundary (none if the carved

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "allocator/background.h"
+#include "allocator/filemap.h"
 #include "allocator/heap.h"
 #include "allocator/options.h"
 #include "allocator/os.h"
@@ -61,11 +62,18 @@ void all_remove(Segment* s) {
   if (s->all_next) s->all_next->all_prev = s->all_prev;
 }
 
+void purge_range(Segment* s, uint8_t* p, size_t n) {
+  if (s->file_backed)
+    filemap_purge(s, p, n);
+  else
+    os_purge(p, n);
+}
+
 // A cached segment is purged past its header, which holds the cache links.
 constexpr size_t kHeaderBytes = (sizeof(Segment) + kOsPage - 1) & ~(kOsPage - 1);
 void purge_cached(Segment* s) {
   if (s->dirty_end > kHeaderBytes)
-    os_purge(reinterpret_cast<uint8_t*>(s) + kHeaderBytes, s->dirty_end - kHeaderBytes);
+    purge_range(s, reinterpret_cast<uint8_t*>(s) + kHeaderBytes, s->dirty_end - kHeaderBytes);
   g_cache_dirty -= s->dirty_end;
   s->purged = 1;
   s->dirty_end = 0;
@@ -91,11 +99,12 @@ inline uint32_t pages_per_segment(const Segment* s) {
 // the one whose resident part covers `need_end` bytes most closely (so the
 // caller neither faults nor carries a large resident tail), else the one
 // with the largest resident part.
-Segment* cache_take(size_t need_end, size_t min_size, size_t max_size) {
+Segment* cache_take(size_t need_end, size_t min_size, size_t max_size, bool file_backed) {
   Segment** best = nullptr;
   for (Segment** link = &g_cache; *link; link = &(*link)->next) {
     Segment* s = *link;
     if (s->mapped_size < min_size || s->mapped_size > max_size) continue;
+    if (s->file_backed != file_backed) continue;
     if (!best) {
       best = link;
       continue;
@@ -118,7 +127,9 @@ Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
   // A large block may take a cached mapping up to twice its need.
   size_t max_size =
       kind == kSegLarge ? (size < kSegmentSize ? 2 * kSegmentSize : 2 * size) : kSegmentSize;
-  Segment* s = cache_take(need_end, size, max_size);
+  // With AMALLOC_MESH, pages live in the memory file (large blocks never).
+  bool file_backed = g_options.mesh && kind != kSegLarge;
+  Segment* s = cache_take(need_end, size, max_size, file_backed);
   size_t dirty_end = 0;
   uint64_t cached_at = 0;
   size_t mapped = size;
@@ -127,11 +138,16 @@ Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
     cached_at = s->cached_at;
     mapped = s->mapped_size;
   } else {
-    s = static_cast<Segment*>(os_map_aligned(size, kSegmentSize));
+    s = file_backed ? filemap_segment_map() : nullptr;
+    if (!s) {
+      file_backed = false;
+      s = static_cast<Segment*>(os_map_aligned(size, kSegmentSize));
+    }
     if (!s) return nullptr;
   }
   memset(static_cast<void*>(s), 0, sizeof(Segment));
   s->kind = kind;
+  s->file_backed = file_backed;
   s->mapped_size = mapped;
   s->dirty_end = dirty_end;
   uint32_t span = static_cast<uint32_t>(page_slots(s));
@@ -176,6 +192,7 @@ void segment_give_back(Segment* s, uint64_t now) {
       purge_cached(oldest);
     }
   } else {
+    if (s->file_backed) filemap_segment_release(s);
     os_unmap(s, s->mapped_size);
   }
 }
@@ -238,7 +255,7 @@ void page_free(Page* pg, uint64_t now, bool purge_now) {
   pg->owner_fast.store(nullptr, std::memory_order_relaxed);
   pg->heap.store(nullptr, std::memory_order_relaxed);
   if (purge_now || g_options.purge_delay_ms == 0) {
-    os_purge(page_area(s, pg), page_area_size(s));
+    purge_range(s, page_area(s, pg), page_area_size(s));
     pg->dirty = 0;
   } else {
     g_dirty_changed = true;
@@ -332,7 +349,7 @@ void for_each_dirty(uint64_t now, F f) {
       Page* pg = &s->pages[i];
       if (pg->in_use || !pg->dirty) continue;
       f(page_area_size(s), now - pg->retired_at, [s, pg] {
-        os_purge(page_area(s, pg), page_area_size(s));
+        purge_range(s, page_area(s, pg), page_area_size(s));
         pg->dirty = 0;
       });
     }
@@ -378,6 +395,11 @@ uint64_t segment_purge_locked(uint64_t now, bool force) {
   return now + step;
 }
 
+void segment_for_each_locked(void (*f)(Segment* s, bool cached, void* ctx), void* ctx) {
+  for (Segment* s = g_all; s; s = s->all_next) f(s, false, ctx);
+  for (Segment* s = g_cache; s; s = s->next) f(s, true, ctx);
+}
+
 AM_APPROXIMATE_READS SegmentTotals segment_totals_locked() {
   SegmentTotals t{};
   for (Segment* s = g_cache; s; s = s->next) {
@@ -398,7 +420,9 @@ AM_APPROXIMATE_READS SegmentTotals segment_totals_locked() {
       if (pg.in_use) {
         t.pages_in_use++;
         t.in_use += uint64_t{pg.used - pg.is_head} * pg.block_size;
-        t.committed += uint64_t{pg.capacity} * pg.block_size;
+        // A meshed page's memory is its group's first page's.
+        if (!pg.meshed || pg.mesh_primary == &pg)
+          t.committed += uint64_t{pg.capacity} * pg.block_size;
       } else if (pg.dirty) {
         t.committed += page_area_size(s);
       }

@@ -81,6 +81,9 @@ Segment* segment_large_remap_locked(Segment* s, size_t new_mapped);
 constexpr uint64_t kNeverMs = ~uint64_t{0};
 uint64_t segment_purge_locked(uint64_t now, bool force);
 
+// Calls f for every segment, live (cached false) or in the cache.
+void segment_for_each_locked(void (*f)(Segment* s, bool cached, void* ctx), void* ctx);
+
 struct SegmentTotals {
   uint64_t committed;
   uint64_t in_use;

@@ -71,6 +71,8 @@ extern "C" void am_stats_get(am_stats_t* out) {
   out->prefill_ready_bytes = rd(g_ready_bytes);
   out->defrag_moves = rd(g_os_stats.defrag_moves);
   out->swept_pages = rd(g_os_stats.swept_pages);
+  out->meshed_pages = rd(g_os_stats.meshed_pages);
+  out->mesh_merges = rd(g_os_stats.mesh_merges);
 }
 
 namespace am {
@@ -140,6 +142,12 @@ void stats_report(int fd) {
       .str(" invalid, ")
       .num(s.defrag_moves)
       .str(" blocks moved by am_defrag_move\n");
+  if (s.mesh_merges)
+    o.str("  mesh:       ")
+        .num(s.meshed_pages)
+        .str(" pages meshed now, ")
+        .num(s.mesh_merges)
+        .str(" merges\n");
   o.flush(fd);
   run_hooks(fd, false);
 }
@@ -182,6 +190,8 @@ void stats_report_json(int fd) {
   field("prefill_ready_bytes", s.prefill_ready_bytes);
   field("defrag_moves", s.defrag_moves);
   field("swept_pages", s.swept_pages);
+  field("meshed_pages", s.meshed_pages);
+  field("mesh_merges", s.mesh_merges);
   o.flush(fd);
   run_hooks(fd, true);  // they add their fields
   o.str("}\n").flush(fd);

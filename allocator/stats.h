@@ -19,6 +19,8 @@ struct OsStats {
   std::atomic<uint64_t> remote_frees;  // by threads without a heap
   std::atomic<uint64_t> defrag_moves;  // blocks am_defrag_move moved
   std::atomic<uint64_t> swept_pages;   // idle owners' pages a sweep gave back
+  std::atomic<uint64_t> meshed_pages;  // pages in mesh groups now
+  std::atomic<uint64_t> mesh_merges;   // pages merged onto another's memory
 };
 
 extern OsStats g_os_stats;

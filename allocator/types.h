@@ -27,6 +27,13 @@ enum PageKind : uint8_t { kKindNone = 0, kKindSmall = 1, kKindMedium = 2, kKindL
 // remote freer learns it from its own push, so it never reads the page
 // after the push, when the owner may already have freed the page.
 constexpr uintptr_t kXFull = 1;
+// Bit 1 of Page::xthread_free: the page is meshed (allocator/mesh.cpp). Its
+// blocks are not linked any more (their memory is shared with other pages'
+// live blocks); a free clears the block's bit in the page's live bitmap and
+// counts down its group's live blocks, kept in the group's first page's
+// word above kMeshShift.
+constexpr uintptr_t kXMesh = 2;
+constexpr unsigned kMeshShift = 4;
 struct Page {
   // -- read on the owner's fast paths (first cache line) --
   Block* free;
@@ -59,7 +66,12 @@ struct Page {
   uint8_t in_full;   // on the owner's full list (the owner's copy of kXFull)
   uint8_t dirty;     // free slot whose memory may still be resident
   uint8_t span_off;  // slots back to the page's first slot (medium pages)
-  uint8_t pad_[25];
+  uint8_t meshed;    // shares its memory with other pages (mesh.cpp)
+  // A meshed page's group: the page whose memory the group shares (it
+  // keeps the group's count), and the next page of the group.
+  Page* mesh_primary;
+  Page* mesh_next;
+  uint8_t pad_[8];
 };
 
 static_assert(sizeof(Page) == 128, "slot_page() computes slot * 128");
@@ -77,6 +89,9 @@ struct Segment {
   uint8_t kind;
   uint8_t in_partial;  // on the partial list of its kind
   uint8_t purged;      // in the cache and already returned to the OS
+  // Page slots are a shared mapping of the memory file at an offset equal
+  // to their address (AMALLOC_MESH, allocator/filemap.cpp).
+  uint8_t file_backed;
   uint32_t used_pages;
   size_t mapped_size;  // bytes mapped at this address
   Segment* next;       // partial list or segment cache
@@ -122,7 +137,9 @@ struct Heap {
   std::atomic<uintptr_t> bound_thread{0};
   Segment* large = nullptr;  // large blocks of this heap (under g_lock)
   uint64_t last_collect_ms = 0;
-  Heap* next = nullptr;  // all heaps ever made / the pool of unused heaps
+  uint64_t last_mesh_ms = 0;   // the last mesh pass over this heap (mesh.cpp)
+  uint32_t mesh_every_ms = 0;  // and the wait before the next (backs off)
+  Heap* next = nullptr;        // all heaps ever made / the pool of unused heaps
   Heap* pool_next = nullptr;
   // Counters kept by the owner without atomics; summed by stats.
   uint64_t remote_frees = 0;

@@ -399,6 +399,8 @@ def ratio_chart(path, dat_dir, stem, title, ylabel, order, kinds, allocs, ref, v
     if lo >= 1:
         lo = 0.5
     panels = chart_panels(order, kinds)
+    if not panels:  # e.g. only memory workloads were selected
+        return None
     maxw = max(sum(len(ws) for _, ws in p) for p in panels)
     fine = math.log2(hi / lo) <= 4
     ytics = ", ".join(f'"{t:g}" {t}' for t in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 0.75, 1, 1.5, 2, 3, 4, 8, 16)

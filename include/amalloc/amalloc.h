@@ -275,6 +275,9 @@ typedef struct am_stats_s {
   uint64_t swept_pages;         /* pages emptied by other threads' frees that the worker (or
                                    another thread's slow path) took from an owner that had
                                    stopped collecting them, and gave back */
+  uint64_t meshed_pages;        /* AMALLOC_MESH: pages sharing physical memory with others now */
+  uint64_t mesh_merges;         /* AMALLOC_MESH: pages merged onto another page's memory over the
+                                   lifetime (each returned a page of memory to the OS) */
 } am_stats_t;
 
 AM_API void am_stats_get(am_stats_t* out);

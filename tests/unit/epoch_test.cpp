@@ -289,6 +289,9 @@ TEST(Epoch, SynchronizeEndsWhileReadersKeepPinning) {
         pins.fetch_add(1, std::memory_order_relaxed);
       }
     });
+  // The readers must be pinning before the grace periods start (on a busy
+  // machine the 50 can end before a reader thread first runs).
+  while (pins.load(std::memory_order_relaxed) < 2) std::this_thread::yield();
   std::atomic<u64> n{0};
   Async s([&] {
     for (int i = 0; i < 50; ++i) {
