@@ -141,4 +141,6 @@ void background_fork_child() {
 
 uint64_t background_ticks() { return g_ticks.load(std::memory_order_relaxed); }
 
+bool background_running() { return g_running.load(std::memory_order_relaxed); }
+
 }  // namespace am

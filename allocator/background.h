@@ -29,6 +29,7 @@ void background_allow();
 void background_stop();        // at exit: stop and join
 void background_fork_child();  // the child has no worker; it restarts lazily
 uint64_t background_ticks();   // for stats and tests
+bool background_running();     // a worker thread runs (its tasks will run)
 
 // The idle point's clock: while the worker runs, it sets this to the
 // current time in units of kIdleTickMs (never 0), so that an idle point

@@ -56,7 +56,7 @@ __attribute__((constructor(102))) void heap_start() { pthread_once(&g_key_once, 
 
 void retire(Page* pg) {
   LockGuard g;
-  segment_page_free_locked(pg, os_now_ms());
+  if (!reserve_keep_locked(pg)) segment_page_free_locked(pg, os_now_ms());
 }
 
 AM_INLINE void* pop(Page* pg) {
@@ -75,7 +75,7 @@ void sweep_abandoned_locked(uint64_t now) {
       page_collect(pg);
       if (pg->used == 0) {
         *link = pg->next;
-        segment_page_free_locked(pg, now);
+        if (!reserve_keep_locked(pg)) segment_page_free_locked(pg, now);
       } else {
         link = &pg->next;
       }
@@ -99,7 +99,7 @@ static void count_cold_page(Heap* h, unsigned cls) {
 Page* page_new(Heap* h, unsigned cls) {
   uint8_t kind = class_is_small(cls) ? kKindSmall : kKindMedium;
   Page* pg;
-  bool adopted = false;
+  bool adopted = false, reserved = false;
   {
     LockGuard g;
     // Only thread heaps adopt: an application heap owns exactly what it
@@ -108,9 +108,15 @@ Page* page_new(Heap* h, unsigned cls) {
     if (pg) {
       g_abandoned[cls] = pg->next;
       adopted = true;
+    } else if ((pg = reserve_take_locked(h, cls))) {
+      reserved = true;
     } else {
       pg = segment_page_alloc_locked(kind, true);
     }
+  }
+  if (reserved) {  // carved and resident: nothing to build ahead for yet
+    queue_push_back(h, pg);
+    return pg;
   }
   if (!pg) {
     // Every page from here on is demand the predictor serves.
@@ -165,8 +171,9 @@ Heap* heap_carve_locked() {
   return h;
 }
 
-// Give every page of `h` up: empty ones to their segment, the rest to the
-// abandoned lists, where other heaps adopt them. Under g_lock.
+// Give every page of `h` up: empty ones to their segment (or the burst
+// reserve), the rest to the abandoned lists, where other heaps adopt them.
+// Under g_lock.
 void heap_abandon_locked(Heap* h) {
   uint64_t now = os_now_ms();
   auto give_up = [&](Page* pg) {
@@ -181,7 +188,7 @@ void heap_abandon_locked(Heap* h) {
       pg->xthread_free.fetch_and(~kXFull, std::memory_order_seq_cst);
     }
     if (pg->used == 0) {
-      segment_page_free_locked(pg, now);
+      if (!reserve_keep_locked(pg)) segment_page_free_locked(pg, now);
       return;
     }
     pg->heap.store(nullptr, std::memory_order_release);
@@ -463,8 +470,8 @@ bool sweep_full_pages_locked(uint64_t now) {
     // need not hold up its slow path.
     while (Page* e = emptied) {
       emptied = e->next;
-      segment_page_free_locked(e, now);
       stats_add(g_os_stats.swept_pages, 1);
+      if (!reserve_keep_locked(e)) segment_page_free_locked(e, now);
     }
   }
   return again;
@@ -514,6 +521,7 @@ void heap_collect(Heap* h, bool force) {
   LockGuard g;
   uint64_t now = os_now_ms();
   sweep_abandoned_locked(now);
+  if (force) reserve_drop_locked(now);
   segment_purge_locked(now, force);
 }
 

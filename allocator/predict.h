@@ -10,12 +10,22 @@
 
 namespace am {
 
-extern std::atomic<uint64_t> g_prefill_built, g_prefill_used, g_prefill_released, g_ready_bytes;
+extern std::atomic<uint64_t> g_prefill_built, g_prefill_used, g_prefill_released, g_ready_bytes,
+    g_reserve_kept;  // pages kept whole after a burst (reserve_keep_locked)
 
 // The owner's side (page_new): a page ready for `cls`, or nullptr.
 Page* ready_take(Heap* h, unsigned cls);
 // Heap teardown: give the ready pages back. Under g_lock.
 void ready_drop_locked(Heap* h, uint64_t now);
+// A page that emptied (off its owner's lists): kept whole, owned by no
+// heap, as the reserve of a class that bursts, up to the heaps' last
+// bursts' size, so that the next burst takes no page fault. False: give it
+// back as usual. Under g_lock.
+bool reserve_keep_locked(Page* pg);
+// A page of the reserve for `h`'s class `cls` (page_new), or nullptr.
+Page* reserve_take_locked(Heap* h, unsigned cls);
+// Give the whole reserve back (am_collect(1), malloc_trim). Under g_lock.
+void reserve_drop_locked(uint64_t now);
 // The worker's task (see predict.cpp).
 uint64_t predict_tick(uint64_t now);
 // Builds `pages` pages of `cls` onto the calling owner's queue; returns how

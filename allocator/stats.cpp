@@ -73,6 +73,7 @@ extern "C" void am_stats_get(am_stats_t* out) {
   out->swept_pages = rd(g_os_stats.swept_pages);
   out->meshed_pages = rd(g_os_stats.meshed_pages);
   out->mesh_merges = rd(g_os_stats.mesh_merges);
+  out->prefill_kept = rd(g_reserve_kept);
 }
 
 namespace am {
@@ -120,6 +121,8 @@ void stats_report(int fd) {
       .str(" passes; ")
       .num(s.prefill_pages)
       .str(" pages built ahead, ")
+      .num(s.prefill_kept)
+      .str(" kept after bursts, ")
       .num(s.prefill_used)
       .str(" used, ")
       .num(s.prefill_released)
@@ -192,6 +195,7 @@ void stats_report_json(int fd) {
   field("swept_pages", s.swept_pages);
   field("meshed_pages", s.meshed_pages);
   field("mesh_merges", s.mesh_merges);
+  field("prefill_kept", s.prefill_kept);
   o.flush(fd);
   run_hooks(fd, true);  // they add their fields
   o.str("}\n").flush(fd);

@@ -150,9 +150,10 @@ struct Heap {
   std::atomic<uint32_t> new_pages[kNumClasses] = {};
   std::atomic<Page*> ready[kNumClasses] = {};
   std::atomic<uint32_t> ready_count[kNumClasses] = {};
-  uint32_t seen_pages[kNumClasses] = {};   // the worker's last look at new_pages
-  uint16_t quiet_ticks[kNumClasses] = {};  // worker ticks without demand
-  uint16_t peak_rate[kNumClasses] = {};    // most pages needed in one tick, slowly forgotten
+  uint32_t seen_pages[kNumClasses] = {};      // the worker's last look at new_pages
+  uint16_t quiet_ticks[kNumClasses] = {};     // worker ticks without demand
+  uint16_t peak_rate[kNumClasses] = {};       // most pages needed in one tick, slowly forgotten
+  uint64_t last_demand_ms[kNumClasses] = {};  // the worker's last tick with demand
 };
 
 }  // namespace am

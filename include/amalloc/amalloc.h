@@ -278,6 +278,8 @@ typedef struct am_stats_s {
   uint64_t meshed_pages;        /* AMALLOC_MESH: pages sharing physical memory with others now */
   uint64_t mesh_merges;         /* AMALLOC_MESH: pages merged onto another page's memory over the
                                    lifetime (each returned a page of memory to the OS) */
+  uint64_t prefill_kept;        /* AMALLOC_PREDICT: pages kept whole after a burst as the reserve
+                                   for the next one (counted in prefill_ready_bytes while kept) */
 } am_stats_t;
 
 AM_API void am_stats_get(am_stats_t* out);
