@@ -9,8 +9,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -147,6 +149,16 @@ int wait_with_timeout(pid_t pid, int seconds, bool* timed_out) {
     if (w == pid) return status;
     if (w < 0 && errno != EINTR) return -1;
     if (std::chrono::steady_clock::now() > deadline) {
+      // Where it hangs, for the report: every thread's stack when gdb is
+      // there, else what each thread waits in.
+      std::string cmd =
+          access("/usr/bin/gdb", X_OK) == 0
+              ? "/usr/bin/gdb -p " + std::to_string(pid) +
+                    " -batch -ex 'thread apply all bt' 1>&2 2>/dev/null"
+              : "for t in /proc/" + std::to_string(pid) +
+                    "/task/*; do echo \"$t $(cat $t/wchan) $(cat $t/syscall)\"; done 1>&2";
+      std::fprintf(stderr, "fork child %d hangs; its threads:\n", static_cast<int>(pid));
+      if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "(could not inspect it)\n");
       kill(pid, SIGKILL);
       waitpid(pid, &status, 0);
       *timed_out = true;
