@@ -15,9 +15,12 @@ namespace {
 
 int g_fd = -1;       // the memory file (made under g_lock)
 bool g_failed;       // it could not be made: segments are anonymous
-int g_fork_fd = -1;  // the file a fork's parent moves to
+int g_fork_fd = -1;  // the copy a fork's child moves to
 bool g_fork_held;    // the fork made the slots read-only
 std::atomic<uint8_t> g_fork_busy;
+int g_fork_pid, g_fork_tid;  // the forking process and thread
+bool g_fork_stdio;           // prepare holds glibc's FILE list lock
+SignalMask g_fork_mask;      // the forking thread's signals, blocked meanwhile
 // The range a mesh copy holds read-only.
 std::atomic<uintptr_t> g_hold_lo, g_hold_hi;
 bool g_handler;  // ours is installed
@@ -52,14 +55,39 @@ bool held(uintptr_t a) {
 __thread uintptr_t t_fault_at __attribute__((tls_model("initial-exec")));
 __thread uint32_t t_fault_repeats __attribute__((tls_model("initial-exec")));
 
+void child_switch();
+
+AM_COLD void die_self_fault(uintptr_t a) {
+  Out o;
+  o.str("amalloc: fork(): the forking thread wrote into the heap at ")
+      .hex(a)
+      .str(
+          " after amalloc's fork handler had begun its copy (a pthread_atfork handler "
+          "registered before amalloc's?); aborting\n")
+      .flush(2);
+  abort();
+}
+
 // A write into a range being copied waits for the copy and is retried. A
 // fault in file-backed memory that no hold covers any more lost the race
 // with the end of its hold (the page is writable again by now): it is
 // retried too, unless it keeps faulting at the same address. Any other
-// fault goes to the handler that was there before.
+// fault, and any SIGSEGV sent by kill or raise, goes to the handler that
+// was there before.
 void on_fault(int sig, void* info, void* context) {
   uintptr_t a = os_fault_address(info);
+  if (!os_fault_is_access(info)) return os_fault_chain(sig, info, context);
   int saved = errno;
+  if (g_fork_busy.load(std::memory_order_seq_cst) && in_file_data(a)) {
+    // glibc writes into the heap in the child before any atfork child
+    // handler runs (the FILE locks): the child moves to its copy here.
+    if (os_getpid() != g_fork_pid) {
+      child_switch();
+      errno = saved;
+      return;
+    }
+    if (os_gettid() == g_fork_tid) die_self_fault(a);  // it would wait for itself
+  }
   if (held(a)) {
     while (held(a)) os_yield();
     t_fault_at = 0;
@@ -167,6 +195,15 @@ void filemap_fork_prepare() {
   if (g_fd < 0) return;
   g_fork_fd = os_file_create();
   if (g_fork_fd < 0) die("cannot make a memory file for the child's heap");
+  g_fork_pid = os_getpid();
+  g_fork_tid = os_gettid();
+  // No signal handler of this thread may write into the heap while it is
+  // read-only: it would wait for this thread.
+  os_block_signals(&g_fork_mask);
+  // A thread that holds the FILE list lock and then writes into the heap
+  // would wait for the copy, and fork for that lock: take it first.
+  os_stdio_list_lock();
+  g_fork_stdio = true;
   // Other threads' writes wait while the heap is copied. (Were our fault
   // handler replaced, they could not wait: a write racing the fork may
   // then reach the child.)
@@ -196,11 +233,18 @@ void filemap_fork_parent() {
   if (g_fork_held)
     each_file_segment([](Segment* s, bool) { os_protect(data_of(s), kDataSize, true); });
   g_fork_busy.store(0, std::memory_order_seq_cst);
+  if (g_fork_stdio) os_stdio_list_unlock();
+  g_fork_stdio = false;
+  os_restore_signals(&g_fork_mask);
 }
 
-// The child moves to the copy before any of its code runs: the parent's
-// threads write into the old file again from now on.
-void filemap_fork_child() {
+namespace {
+
+// The child moves to the copy, before any of its code runs (from the fault
+// handler when glibc's own child-side work writes into the heap first, or
+// from the child handler): the parent's threads write into the old file
+// again from now on. mmap and close only, so it may run in the handler.
+void child_switch() {
   if (g_fork_fd < 0) return;
   each_file_segment([](Segment* s, bool) {
     // The whole range (slots past the last medium page too), then the
@@ -220,6 +264,19 @@ void filemap_fork_child() {
   g_fork_fd = -1;
   filemap_unhold();
   g_fork_busy.store(0, std::memory_order_seq_cst);
+}
+
+}  // namespace
+
+void filemap_fork_child() {
+  bool forked = g_fork_stdio;
+  child_switch();
+  if (!forked) return;
+  // glibc resets the FILE list lock in the child of a multithreaded
+  // parent only; ours must go either way.
+  os_stdio_list_reset();
+  g_fork_stdio = false;
+  os_restore_signals(&g_fork_mask);
 }
 
 }  // namespace am

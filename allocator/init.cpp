@@ -60,15 +60,28 @@ void print_options() {
       .flush(2);
 }
 
+// Fork handlers registered as early as possible: a prepare handler runs
+// after those registered later, and amalloc's must be the last to run
+// (with AMALLOC_MESH it makes the heap read-only; see filemap.h).
+// pthread_atfork allocates: never under g_lock.
+void register_fork_handlers() {
+  static std::atomic<uint8_t> done;
+  if (done.load(std::memory_order_acquire) || done.exchange(1, std::memory_order_acq_rel)) return;
+  pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
 }  // namespace
 
 // First allocation of the process, which may come before constructors (or
 // from inside the dynamic loader): read what environment there is.
 void global_init() {
   if (g_inited.load(std::memory_order_acquire)) return;
-  LockGuard g;
-  if (!g_inited.load(std::memory_order_relaxed) && options_init())
+  {
+    LockGuard g;
+    if (g_inited.load(std::memory_order_relaxed) || !options_init()) return;
     g_inited.store(1, std::memory_order_release);
+  }
+  register_fork_handlers();
 }
 
 }  // namespace am
@@ -78,7 +91,7 @@ using namespace am;
 __attribute__((constructor(101))) static void amalloc_start() {
   // Reads the options unless an earlier allocation already could.
   global_init();
-  pthread_atfork(fork_prepare, fork_parent, fork_child);
+  register_fork_handlers();  // if the environment was not there before
   if (g_options.stats != kStatsOff) {
     int fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
     if (fd >= 0) g_report_fd = fd;

@@ -29,6 +29,7 @@ constexpr uint64_t kMaxMeshed = 8192;
 // Candidates: pages at most half full. Groups open at a time per class.
 constexpr unsigned kOpenGroups = 4;
 constexpr unsigned kMaxMergesPerPass = 256;
+constexpr unsigned kMaxExaminedPerPass = 512;
 
 uint64_t* live_bits(Page* pg) {
   Segment* s = segment_of_page(pg);
@@ -80,7 +81,8 @@ void drop_late_frees(Page* pg, uintptr_t old, Page* primary) {
   uint64_t* bits = live_bits(pg);
   for (Block* b = reinterpret_cast<Block*>(old & ~(kXFull | kXMesh)); b; b = b->next) {
     uint32_t i = block_index(pg, b);
-    bits[i / 64] &= ~(uint64_t{1} << (i % 64));
+    // Atomic: freers that saw kXMesh clear bits of the same word.
+    __atomic_fetch_and(&bits[i / 64], ~(uint64_t{1} << (i % 64)), __ATOMIC_SEQ_CST);
     n++;
   }
   if (n) group_add(primary, -n);
@@ -126,8 +128,14 @@ bool merge(Heap* h, Page* a, unsigned a_live, Page* b, unsigned b_live) {
   const size_t n = page_area_size(sb);
   LockGuard g;  // one copy at a time; no fork meanwhile
   if (g_os_stats.meshed_pages.load(std::memory_order_relaxed) >= kMaxMeshed) return false;
-  // Writers to b wait from here until b's addresses show a's memory.
-  if (!filemap_hold(area_b, n)) return false;
+  // Writers to b wait from here until b's addresses show a's memory; a
+  // signal handler of this thread must not be one of them.
+  SignalMask mask;
+  os_block_signals(&mask);
+  if (!filemap_hold(area_b, n)) {
+    os_restore_signals(&mask);
+    return false;
+  }
   if (!a->meshed) freeze_primary(h, a, a_live);
   detach(h, b);
   b->mesh_primary = a;
@@ -146,6 +154,7 @@ bool merge(Heap* h, Page* a, unsigned a_live, Page* b, unsigned b_live) {
   if (!filemap_point(area_b, area_a, n)) die("cannot remap the page at", area_b);
   filemap_punch(area_b, n);
   filemap_unhold();
+  os_restore_signals(&mask);
   stats_add(g_os_stats.meshed_pages, 1);
   stats_add(g_os_stats.mesh_merges, 1);
   return true;
@@ -251,7 +260,13 @@ void mesh_heap(Heap* h, uint64_t now) {
   h->last_mesh_ms = now;
   const uint64_t before = g_os_stats.meshed_pages.load(std::memory_order_relaxed);
   unsigned merges = 0, examined = 0;
-  for (unsigned c = 0; c < kNumClasses && merges < kMaxMergesPerPass; c++) {
+  // A budget of pages looked at per pass (each costs a walk of its free
+  // list); the next pass starts with the class this one stopped in.
+  unsigned c = h->mesh_next_class % kNumClasses;
+  for (unsigned k = 0;
+       k < kNumClasses && merges < kMaxMergesPerPass && examined < kMaxExaminedPerPass;
+       k++, c = (c + 1) % kNumClasses) {
+    h->mesh_next_class = static_cast<uint8_t>(c);
     // Cheap first look: at least two candidates in this queue.
     unsigned candidates = 0;
     for (Page* pg = h->queues[c].first; pg && candidates < 2; pg = pg->next)
@@ -259,7 +274,8 @@ void mesh_heap(Heap* h, uint64_t now) {
     if (candidates < 2) continue;
     Group groups[kOpenGroups];
     unsigned open = 0;
-    for (Page* pg = h->queues[c].first; pg && merges < kMaxMergesPerPass;) {
+    for (Page* pg = h->queues[c].first;
+         pg && merges < kMaxMergesPerPass && examined < kMaxExaminedPerPass;) {
       Page* next = pg->next;
       page_collect(pg);
       if (pg->is_head || pg->used == 0 || pg->used * 2 > pg->reserved ||

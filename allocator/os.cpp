@@ -5,6 +5,7 @@
 #include <linux/falloc.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -201,7 +202,8 @@ bool os_fault_handler_install(FaultHandler handler) {
   struct sigaction sa = {};
   sa.sa_sigaction = reinterpret_cast<void (*)(int, siginfo_t*, void*)>(handler);
   // SA_NODEFER: a fault inside the chained handler is not blocked.
-  sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
+  // SA_ONSTACK: a stack overflow reaches a handler on the alternate stack.
+  sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER | SA_ONSTACK;
   sigemptyset(&sa.sa_mask);
   return sigaction(SIGSEGV, &sa, &g_prev_segv) == 0;
 }
@@ -218,17 +220,60 @@ uintptr_t os_fault_address(void* info) {
   return reinterpret_cast<uintptr_t>(static_cast<siginfo_t*>(info)->si_addr);
 }
 
+bool os_fault_is_access(void* info) { return static_cast<siginfo_t*>(info)->si_code > 0; }
+
 void os_fault_chain(int sig, void* info, void* context) {
   if (g_prev_segv.sa_flags & SA_SIGINFO) {
+    sigset_t old;
+    pthread_sigmask(SIG_BLOCK, &g_prev_segv.sa_mask, &old);
     g_prev_segv.sa_sigaction(sig, static_cast<siginfo_t*>(info), context);
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  } else if (g_prev_segv.sa_handler == SIG_IGN && !os_fault_is_access(info)) {
+    // A SIGSEGV sent by kill or raise, ignored as before.
   } else if (g_prev_segv.sa_handler == SIG_DFL || g_prev_segv.sa_handler == SIG_IGN) {
+    // The default action: a faulting access is retried on return and
+    // faults again; a sent signal is sent again.
     struct sigaction dfl = {};
     dfl.sa_handler = SIG_DFL;
     sigaction(SIGSEGV, &dfl, nullptr);
+    if (!os_fault_is_access(info)) syscall(SYS_tgkill, getpid(), os_gettid(), sig);
   } else {
+    sigset_t old;
+    pthread_sigmask(SIG_BLOCK, &g_prev_segv.sa_mask, &old);
     g_prev_segv.sa_handler(sig);
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
   }
 }
+
+static_assert(sizeof(sigset_t) <= sizeof(SignalMask::raw));
+
+void os_block_signals(SignalMask* old) {
+  // Not the synchronous ones: a blocked fault kills the process before any
+  // handler (ours included) sees it.
+  sigset_t all;
+  sigfillset(&all);
+  for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP}) sigdelset(&all, sig);
+  pthread_sigmask(SIG_BLOCK, &all, reinterpret_cast<sigset_t*>(old->raw));
+}
+
+void os_restore_signals(const SignalMask* old) {
+  pthread_sigmask(SIG_SETMASK, reinterpret_cast<const sigset_t*>(old->raw), nullptr);
+}
+
+int os_getpid() { return static_cast<int>(syscall(SYS_getpid)); }
+
+}  // namespace am
+
+// glibc exports these (libio); fork uses them around its own work.
+extern "C" void _IO_list_lock(void);
+extern "C" void _IO_list_unlock(void);
+extern "C" void _IO_list_resetlock(void);
+
+namespace am {
+
+void os_stdio_list_lock() { _IO_list_lock(); }
+void os_stdio_list_unlock() { _IO_list_unlock(); }
+void os_stdio_list_reset() { _IO_list_resetlock(); }
 
 uint64_t os_now_ms() {
   struct timespec ts;

@@ -41,7 +41,22 @@ using FaultHandler = void (*)(int sig, void* info, void* context);
 bool os_fault_handler_install(FaultHandler handler);
 bool os_fault_handler_is(FaultHandler handler);
 uintptr_t os_fault_address(void* info);
+// The kernel raised it for an access (not kill(2), raise(3) or sigqueue).
+bool os_fault_is_access(void* info);
 void os_fault_chain(int sig, void* info, void* context);
+// Block every asynchronous signal (the calling thread's handlers will not
+// run), keeping the old mask.
+struct SignalMask {
+  alignas(8) unsigned char raw[128];
+};
+void os_block_signals(SignalMask* old);
+void os_restore_signals(const SignalMask* old);
+// glibc's lock of the list of FILEs (fork takes it after the prepare
+// handlers; its child side resets it).
+void os_stdio_list_lock();
+void os_stdio_list_unlock();
+void os_stdio_list_reset();
+int os_getpid();
 uint64_t os_now_ms();  // coarse: a tick of the kernel clock
 uint64_t os_now_us();  // precise (vDSO), for rates finer than a tick
 // membarrier(2), private expedited: registers the process; false where the

@@ -137,9 +137,10 @@ struct Heap {
   std::atomic<uintptr_t> bound_thread{0};
   Segment* large = nullptr;  // large blocks of this heap (under g_lock)
   uint64_t last_collect_ms = 0;
-  uint64_t last_mesh_ms = 0;   // the last mesh pass over this heap (mesh.cpp)
-  uint32_t mesh_every_ms = 0;  // and the wait before the next (backs off)
-  Heap* next = nullptr;        // all heaps ever made / the pool of unused heaps
+  uint64_t last_mesh_ms = 0;    // the last mesh pass over this heap (mesh.cpp)
+  uint32_t mesh_every_ms = 0;   // and the wait before the next (backs off)
+  uint8_t mesh_next_class = 0;  // where the next pass starts
+  Heap* next = nullptr;         // all heaps ever made / the pool of unused heaps
   Heap* pool_next = nullptr;
   // Counters kept by the owner without atomics; summed by stats.
   uint64_t remote_frees = 0;

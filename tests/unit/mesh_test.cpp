@@ -626,3 +626,89 @@ TEST(Mesh, DoubleFreeOfAMeshedBlockIsReportedAndIgnored) {
       << "groups stayed meshed after the rest was freed\n"
       << c.describe();
 }
+
+// fork() while another thread uses stdio, with meshed pages: fork's copy
+// takes glibc's FILE list lock, and every child sees the blocks of the
+// fork. (Here FILEs come from the system allocator; with them in amalloc's
+// heap, the integration test fork_stdio checks that nothing hangs.)
+AMT_SCENARIO(mesh_fork_with_stdio) {
+  std::vector<Block> kept = make_sparse(false);
+  mesh();
+  print_mesh_stats();
+  FILE* log = std::tmpfile();
+  if (!log) return 3;
+  std::atomic<bool> stop{false};
+  std::thread io([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      if (FILE* f = std::fopen("/dev/null", "w")) {
+        std::fputs("x", f);
+        std::fclose(f);
+      }
+    }
+  });
+  int hung = 0, failed = 0;
+  for (int i = 0; i < 40; i++) {
+    std::fflush(nullptr);
+    pid_t pid = fork();
+    if (pid < 0) return 4;
+    if (pid == 0) {
+      std::fprintf(log, "child %d\n", i);
+      _exit(bad_blocks(kept, 0, "child") == 0 && std::fflush(log) == 0 ? 0 : 1);
+    }
+    int status = 0;
+    auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        hung++;
+        break;
+      }
+      std::this_thread::sleep_for(1ms);
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) failed++;
+  }
+  stop = true;
+  io.join();
+  std::fclose(log);
+  std::printf("HUNG %d\nFAILED %d\nPARENT_BAD %zu\n", hung, failed, bad_blocks(kept, 0, "parent"));
+  free_all(kept);
+  return 0;
+}
+
+TEST(Mesh, ForkWhileThreadsUseStdioDoesNotHang) {
+  auto c = amt::run_scenario("mesh_fork_with_stdio", kEnv);
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  EXPECT_EQ(value_of(c.out, "HUNG"), 0) << "a fork child hung\n" << c.describe();
+  EXPECT_EQ(value_of(c.out, "FAILED"), 0) << c.describe();
+  EXPECT_EQ(value_of(c.out, "PARENT_BAD"), 0) << c.describe();
+}
+
+// amalloc's SIGSEGV handler (installed with the first page in the memory
+// file) changes nothing a program sees of SIGSEGV: a raised one kills with
+// the default action and is ignored under SIG_IGN.
+AMT_SCENARIO(mesh_raised_sigsegv) {
+  std::vector<Block> kept = make_sparse(false);
+  mesh();
+  std::fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    raise(SIGSEGV);
+    _exit(0);  // survived: wrong
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::printf("DEFAULT_SIGNAL %d\n", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  signal(SIGSEGV, SIG_IGN);
+  raise(SIGSEGV);
+  std::printf("IGNORED_SURVIVED 1\n");
+  free_all(kept);
+  return 0;
+}
+
+TEST(Mesh, RaisedSigsegvKeepsItsDefaultAndIgnoredBehaviour) {
+  auto c = amt::run_scenario("mesh_raised_sigsegv", kEnv);
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  EXPECT_EQ(value_of(c.out, "DEFAULT_SIGNAL"), SIGSEGV) << c.describe();
+  EXPECT_EQ(value_of(c.out, "IGNORED_SURVIVED"), 1) << c.describe();
+}
