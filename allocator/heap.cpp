@@ -54,9 +54,15 @@ void make_key() { pthread_key_create(&g_heap_key, heap_thread_exit); }
 // inside pthread_once would leave the child waiting on it for ever.
 __attribute__((constructor(102))) void heap_start() { pthread_once(&g_key_once, make_key); }
 
+// A page with no live block leaves its heap: into the burst reserve when
+// the predictor keeps one (predict.h), else back to its segment.
+void give_back_locked(Page* pg, uint64_t now) {
+  if (!reserve_keep_locked(pg)) segment_page_free_locked(pg, now);
+}
+
 void retire(Page* pg) {
   LockGuard g;
-  if (!reserve_keep_locked(pg)) segment_page_free_locked(pg, os_now_ms());
+  give_back_locked(pg, os_now_ms());
 }
 
 AM_INLINE void* pop(Page* pg) {
@@ -75,7 +81,7 @@ void sweep_abandoned_locked(uint64_t now) {
       page_collect(pg);
       if (pg->used == 0) {
         *link = pg->next;
-        if (!reserve_keep_locked(pg)) segment_page_free_locked(pg, now);
+        give_back_locked(pg, now);
       } else {
         link = &pg->next;
       }
@@ -188,7 +194,7 @@ void heap_abandon_locked(Heap* h) {
       pg->xthread_free.fetch_and(~kXFull, std::memory_order_seq_cst);
     }
     if (pg->used == 0) {
-      if (!reserve_keep_locked(pg)) segment_page_free_locked(pg, now);
+      give_back_locked(pg, now);
       return;
     }
     pg->heap.store(nullptr, std::memory_order_release);
@@ -354,10 +360,7 @@ void heap_idle_work(Heap* h, bool collect, bool tick) {
   if (collect) collect_remote(h);
   if (tick) {
     maintenance_maybe();
-    if (g_options.mesh) {
-      uint64_t now = os_now_ms();
-      if (mesh_due(h, now)) mesh_heap(h, now);
-    }
+    mesh_maybe(h);
   }
 }
 
@@ -388,10 +391,7 @@ void* heap_alloc_class(Heap* h, unsigned cls) {
       if (h->queues[cls].first) continue;
     }
     maintenance_maybe();
-    if (g_options.mesh) {
-      uint64_t now = os_now_ms();
-      if (mesh_due(h, now)) mesh_heap(h, now);
-    }
+    mesh_maybe(h);
     if (!page_new(h, cls)) {
       errno = ENOMEM;
       return nullptr;
@@ -471,7 +471,7 @@ bool sweep_full_pages_locked(uint64_t now) {
     while (Page* e = emptied) {
       emptied = e->next;
       stats_add(g_os_stats.swept_pages, 1);
-      if (!reserve_keep_locked(e)) segment_page_free_locked(e, now);
+      give_back_locked(e, now);
     }
   }
   return again;

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "allocator/options.h"
+#include "allocator/os.h"
 #include "allocator/types.h"
 
 namespace am {
@@ -23,13 +24,16 @@ namespace am {
 constexpr uint32_t kMeshEveryMs = 20;
 constexpr uint32_t kMeshMaxWaitMs = 1000;
 
-inline bool mesh_due(const Heap* h, uint64_t now) {
-  return g_options.mesh && h->is_default && now - h->last_mesh_ms >= h->mesh_every_ms;
-}
 // The owner meshes the sparse pages of its heap (its slow path, idle point
 // and am_collect). Only thread heaps mesh: am_heap_destroy frees an
 // application heap's pages wholesale.
 void mesh_heap(Heap* h, uint64_t now);
+// A pass if meshing is on and one is due (slow paths and idle points).
+inline void mesh_maybe(Heap* h) {
+  if (!g_options.mesh || !h->is_default) return;
+  uint64_t now = os_now_ms();
+  if (now - h->last_mesh_ms >= h->mesh_every_ms) mesh_heap(h, now);
+}
 // A free into a meshed page (any thread; the page's kXMesh bit is set).
 void mesh_free(Page* pg, void* p);
 

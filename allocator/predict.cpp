@@ -8,10 +8,10 @@
 // burst's page faults are taken on the worker's CPU, not on the request
 // path, as far as the worker has a CPU to take them on.
 //
-// The reserve: when a burst is over, the pages of a bursting class that
-// empty are kept whole, carved and resident, on a per-class list that every
-// heap takes from (reserve_keep_locked, reserve_take_locked), up to as many
-// as the heaps' last bursts took, instead of going back to their segments,
+// The reserve: pages that empty (of any class) are kept whole and
+// resident, on a per-class list that every heap takes from
+// (reserve_keep_locked, reserve_take_locked), up to the bytes the last
+// episode of demand took, instead of going back to their segments,
 // where the purge would return them. A burst that comes back takes them
 // without a fault even when every core is busy, whichever thread its work
 // lands on. Pages built ahead and not taken for kUnusedMs, and a class's

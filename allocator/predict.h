@@ -18,9 +18,9 @@ Page* ready_take(Heap* h, unsigned cls);
 // Heap teardown: give the ready pages back. Under g_lock.
 void ready_drop_locked(Heap* h, uint64_t now);
 // A page that emptied (off its owner's lists): kept whole, owned by no
-// heap, as the reserve of a class that bursts, up to the heaps' last
-// bursts' size, so that the next burst takes no page fault. False: give it
-// back as usual. Under g_lock.
+// heap, as the burst reserve (AMALLOC_PREDICT with a worker running), up
+// to the bytes the last episode of demand took, so that the next burst
+// takes no page fault. False: give it back as usual. Under g_lock.
 bool reserve_keep_locked(Page* pg);
 // A page of the reserve for `h`'s class `cls` (page_new), or nullptr.
 Page* reserve_take_locked(Heap* h, unsigned cls);
