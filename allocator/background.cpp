@@ -9,6 +9,7 @@
 #include "allocator/background.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 
 #include "allocator/heap.h"
@@ -54,6 +55,12 @@ uint64_t tick(uint64_t now) {
 
 void* worker(void*) {
   pthread_setname_np(pthread_self(), "amalloc-bg");
+  // SCHED_BATCH: the worker keeps its fair share of CPU, but its wake-ups
+  // no longer preempt the thread running where it wakes. Under the default
+  // policy each 2 ms tick of a burst preempted an application thread for a
+  // page build: bursty's p99.9 with the predictor was 9 us, 3.5 us with it.
+  sched_param batch{};
+  pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch);
   while (!g_stop.load(std::memory_order_acquire)) {
     uint64_t next = tick(os_now_ms());
     uint64_t now = os_now_ms();

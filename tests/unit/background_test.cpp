@@ -6,6 +6,7 @@
 // page faults of repeated bursts off the allocating thread. Each case runs
 // in a fresh process (options are read once).
 #include <dirent.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -32,10 +33,11 @@ using namespace std::chrono_literals;
 constexpr std::size_t kBlock = 4096;
 constexpr std::size_t kCount = 8192;  // 32 MiB of small blocks
 
-bool worker_thread_exists() {
+// The worker's thread id, or 0 when there is none.
+pid_t worker_tid() {
   DIR* d = opendir("/proc/self/task");
-  if (!d) return false;
-  bool found = false;
+  if (!d) return 0;
+  pid_t found = 0;
   while (dirent* e = readdir(d)) {
     if (e->d_name[0] == '.') continue;
     std::string path = "/proc/self/task/";
@@ -44,11 +46,13 @@ bool worker_thread_exists() {
     std::ifstream comm(path);
     std::string name;
     std::getline(comm, name);
-    if (name == "amalloc-bg") found = true;
+    if (name == "amalloc-bg") found = static_cast<pid_t>(std::atol(e->d_name));
   }
   closedir(d);
   return found;
 }
+
+bool worker_thread_exists() { return worker_tid() != 0; }
 
 std::vector<void*> fill() {
   std::vector<void*> v;
@@ -72,13 +76,16 @@ std::size_t committed() {
 void report(std::size_t before, std::size_t peak, std::size_t after, std::size_t c_peak) {
   std::printf("RSS %zu %zu %zu\n", before / 1024, peak / 1024, after / 1024);
   std::printf("COMMITTED %zu %zu\n", c_peak / 1024, committed() / 1024);
-  std::printf("WORKER %d\n", worker_thread_exists() ? 1 : 0);
+  pid_t tid = worker_tid();
+  std::printf("WORKER %d\n", tid ? 1 : 0);
+  if (tid) std::printf("POLICY %d\n", sched_getscheduler(tid));
 }
 
 struct Rss {
   std::size_t before = 0, peak = 0, after = 0;
   std::size_t c_peak = 0, c_after = 0;
   int worker = -1;
+  int policy = -1;  // the worker's scheduling policy
 };
 
 Rss parse(const std::string& out) {
@@ -89,6 +96,8 @@ Rss parse(const std::string& out) {
   std::sscanf(out.c_str() + out.find("COMMITTED "), "COMMITTED %zu %zu", &r.c_peak, &r.c_after);
   auto w = out.find("WORKER ");
   if (w != std::string::npos) r.worker = out[w + 7] - '0';
+  if (auto p = out.find("POLICY "); p != std::string::npos)
+    std::sscanf(out.c_str() + p, "POLICY %d", &r.policy);
   return r;
 }
 
@@ -228,6 +237,8 @@ TEST(Background, QuietProcessGivesMemoryBack) {
   ASSERT_TRUE(c.exited_ok()) << c.describe();
   Rss r = parse(c.out);
   EXPECT_EQ(r.worker, 1) << "no amalloc-bg thread\n" << c.describe();
+  // SCHED_BATCH: its wake-ups must not preempt the threads it serves.
+  EXPECT_EQ(r.policy, SCHED_BATCH) << c.describe();
   expect_given_back(r, c);
 }
 
