@@ -16,7 +16,11 @@ namespace {
 int g_fd = -1;       // the memory file (made under g_lock)
 bool g_failed;       // it could not be made: segments are anonymous
 int g_fork_fd = -1;  // the copy a fork's child moves to
-bool g_fork_held;    // the fork made the slots read-only
+// The next fork's copy, made ahead: a fork cannot fail for want of a
+// descriptor (at the limit, the fork used to abort). The copy's own
+// descriptor closes after the fork, so its replacement always fits.
+int g_spare_fd = -1;
+bool g_fork_held;  // the fork made the slots read-only
 std::atomic<uint8_t> g_fork_busy;
 int g_fork_pid, g_fork_tid;  // the forking process and thread
 bool g_fork_stdio;           // prepare holds glibc's FILE list lock
@@ -142,9 +146,11 @@ Segment* filemap_segment_map() {
   if (g_fd < 0) {
     if (g_failed) return nullptr;
     g_fd = os_file_create();
-    if (g_fd < 0 || !install_handler()) {
+    g_spare_fd = g_fd >= 0 ? os_file_create() : -1;
+    if (g_spare_fd < 0 || !install_handler()) {
       if (g_fd >= 0) os_file_close(g_fd);
-      g_fd = -1;
+      if (g_spare_fd >= 0) os_file_close(g_spare_fd);
+      g_fd = g_spare_fd = -1;
       g_failed = true;
       return nullptr;
     }
@@ -193,7 +199,8 @@ void filemap_unhold() {
 
 void filemap_fork_prepare() {
   if (g_fd < 0) return;
-  g_fork_fd = os_file_create();
+  g_fork_fd = g_spare_fd >= 0 ? g_spare_fd : os_file_create();
+  g_spare_fd = -1;
   if (g_fork_fd < 0) die("cannot make a memory file for the child's heap");
   g_fork_pid = os_getpid();
   g_fork_tid = os_gettid();
@@ -230,6 +237,7 @@ void filemap_fork_parent() {
   if (g_fork_fd < 0) return;
   os_file_close(g_fork_fd);
   g_fork_fd = -1;
+  g_spare_fd = os_file_create();  // if this fails, the next fork tries again
   if (g_fork_held)
     each_file_segment([](Segment* s, bool) { os_protect(data_of(s), kDataSize, true); });
   g_fork_busy.store(0, std::memory_order_seq_cst);
@@ -272,6 +280,7 @@ void filemap_fork_child() {
   bool forked = g_fork_stdio;
   child_switch();
   if (!forked) return;
+  g_spare_fd = os_file_create();  // the parent's file is closed: it fits
   // glibc resets the FILE list lock in the child of a multithreaded
   // parent only; ours must go either way.
   os_stdio_list_reset();

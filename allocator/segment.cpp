@@ -167,12 +167,20 @@ void segment_give_back(Segment* s, uint64_t now) {
   all_remove(s);
   if (s->mapped_size <= kMaxCachedMapping &&
       g_cache_bytes + s->mapped_size <= size_t{g_options.segment_cache} * kSegmentSize) {
-    // What the block reached, or what an earlier user left resident.
-    size_t end = s->kind == kSegLarge
-                     ? static_cast<size_t>(s->pages[0].start - reinterpret_cast<uint8_t*>(s)) +
-                           s->pages[0].block_size
-                     : kSegmentSize;
-    if (end > s->dirty_end) s->dirty_end = end;
+    if (s->kind == kSegLarge) {
+      // What the block reached, or what an earlier user left resident.
+      size_t end = static_cast<size_t>(s->pages[0].start - reinterpret_cast<uint8_t*>(s)) +
+                   s->pages[0].block_size;
+      if (end > s->dirty_end) s->dirty_end = end;
+    } else {
+      // Up to the last page slot not purged yet (slot 0 too with meshing:
+      // its live bitmaps): the decay purges a segment's pages one by one.
+      size_t end = s->file_backed ? kSlotSize : kHeaderBytes;
+      size_t span = page_slots(s);
+      for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(span))
+        if (s->pages[i].dirty) end = (i + span) << kSlotShift;
+      s->dirty_end = end;
+    }
     if (s->dirty_end > s->mapped_size) s->dirty_end = s->mapped_size;
     s->cached_at = now;
     s->purged = 0;
@@ -417,7 +425,9 @@ AM_APPROXIMATE_READS SegmentTotals segment_totals_locked() {
     t.committed += sizeof(Segment);
     for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(page_slots(s))) {
       const Page& pg = s->pages[i];
-      if (pg.in_use) {
+      if (pg.in_use && pg.capacity == 0 && !pg.heap.load(std::memory_order_relaxed)) {
+        t.committed += page_area_size(s);  // in the burst reserve: resident, carved again later
+      } else if (pg.in_use) {
         t.pages_in_use++;
         t.in_use += uint64_t{pg.used - pg.is_head} * pg.block_size;
         // A meshed page's memory is its group's first page's.

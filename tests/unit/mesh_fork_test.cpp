@@ -1,9 +1,12 @@
 // Meshing and fork(): the child gets its own copy of meshed pages and
 // writes never cross between parent and child; fork while another thread
-// uses stdio; and a raised SIGSEGV keeps its default or ignored action with
+// uses stdio; fork at the descriptor limit; and a raised SIGSEGV keeps its
+// default or ignored action with
 // amalloc's fault handler installed. Each case runs as a scenario in a
 // fresh process with AMALLOC_MESH=1 (see mesh_test.cpp).
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -187,6 +190,48 @@ TEST(Mesh, ForkWhileThreadsUseStdioDoesNotHang) {
   ASSERT_TRUE(c.exited_ok()) << c.describe();
   EXPECT_EQ(value_of(c.out, "HUNG"), 0) << "a fork child hung\n" << c.describe();
   EXPECT_EQ(value_of(c.out, "FAILED"), 0) << c.describe();
+  EXPECT_EQ(value_of(c.out, "PARENT_BAD"), 0) << c.describe();
+}
+
+// A process at its descriptor limit can still fork: the child's copy of the
+// heap goes into a memory file made ahead of the fork (it used to abort).
+AMT_SCENARIO(mesh_fork_at_descriptor_limit) {
+  std::vector<Block> kept = make_sparse(false);
+  mesh();
+  print_mesh_stats();
+  int top = 0;
+  for (int fd = 0; fd < 4096; fd++)
+    if (fcntl(fd, F_GETFD) != -1) top = fd;
+  rlimit lim{};
+  getrlimit(RLIMIT_NOFILE, &lim);
+  lim.rlim_cur = static_cast<rlim_t>(top + 1);
+  if (setrlimit(RLIMIT_NOFILE, &lim) != 0) return 3;
+  std::vector<int> filler;  // descriptors below the top that were free
+  int fd;
+  while ((fd = open("/dev/null", O_RDONLY)) >= 0) filler.push_back(fd);
+  std::printf("EMFILE %d\n", errno == EMFILE ? 1 : 0);
+  int ok = 0;
+  for (int i = 0; i < 3; i++) {
+    std::fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) return 4;
+    if (pid == 0)
+      _exit(bad_blocks(kept, 0, "child") == 0 && fresh_allocations(1u << 20) == 0 ? 0 : 1);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) ok++;
+  }
+  std::printf("FORKS_OK %d\nPARENT_BAD %zu\n", ok, bad_blocks(kept, 0, "parent"));
+  free_all(kept);
+  return 0;
+}
+
+TEST(Mesh, ForkAtTheDescriptorLimit) {
+  auto c = amt::run_scenario("mesh_fork_at_descriptor_limit", kEnv);
+  ASSERT_TRUE(c.exited_ok()) << "amalloc aborted the fork?\n" << c.describe();
+  if (unmeshed_under_sanitizer(c)) GTEST_SKIP() << kNoMeshUnderSanitizer;
+  ASSERT_EQ(value_of(c.out, "EMFILE"), 1) << "the set-up did not reach the limit\n" << c.describe();
+  EXPECT_EQ(value_of(c.out, "FORKS_OK"), 3) << c.describe();
   EXPECT_EQ(value_of(c.out, "PARENT_BAD"), 0) << c.describe();
 }
 
