@@ -16,6 +16,7 @@
 #include "allocator/queue.h"
 #include "allocator/segment.h"
 #include "allocator/stats.h"
+#include "allocator/trim.h"
 
 namespace am {
 
@@ -361,6 +362,7 @@ void heap_idle_work(Heap* h, bool collect, bool tick) {
   if (tick) {
     maintenance_maybe();
     mesh_maybe(h);
+    trim_maybe(h);
   }
 }
 
@@ -392,6 +394,7 @@ void* heap_alloc_class(Heap* h, unsigned cls) {
     }
     maintenance_maybe();
     mesh_maybe(h);
+    trim_maybe(h);
     if (!page_new(h, cls)) {
       errno = ENOMEM;
       return nullptr;
@@ -517,6 +520,7 @@ void heap_collect(Heap* h, bool force) {
       }
     }
     if (g_options.mesh && h->is_default) mesh_heap(h, os_now_ms());
+    if (g_options.trim) trim_heap(h, os_now_ms(), ~uint32_t{0});
   }
   LockGuard g;
   uint64_t now = os_now_ms();

@@ -54,6 +54,8 @@ void print_options() {
       .num(g_options.predict)
       .str(" mesh=")
       .num(g_options.mesh)
+      .str(" trim=")
+      .num(g_options.trim)
       .str(" epoch_warn=")
       .num(g_options.epoch_warn_ms)
       .str("ms\n")

@@ -67,6 +67,8 @@ bool options_init() {
       g_options.predict = !equals(v, "0");
     } else if (starts_with(*e, "AMALLOC_MESH=", &v)) {
       g_options.mesh = !equals(v, "0");
+    } else if (starts_with(*e, "AMALLOC_TRIM=", &v)) {
+      g_options.trim = !equals(v, "0");
     } else if (starts_with(*e, "AMALLOC_EPOCH_WARN_MS=", &v)) {
       g_options.epoch_warn_ms = parse_u32(v, g_options.epoch_warn_ms);
     } else if (starts_with(*e, "AMALLOC_VERBOSE=", &v)) {

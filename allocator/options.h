@@ -23,6 +23,9 @@ struct Options {
   // sparse pages of one class whose live blocks do not overlap are merged
   // onto one physical page (allocator/mesh.cpp)
   uint8_t mesh = 0;
+  // AMALLOC_TRIM=0: sparse pages keep the free OS pages inside their free
+  // blocks (allocator/trim.cpp)
+  uint8_t trim = 1;
   // AMALLOC_PURGE_DELAY=ms: the half-life of free resident memory (0: purge at once)
   uint32_t purge_delay_ms = 100;
   // AMALLOC_EPOCH_WARN_MS=ms: name a thread pinned this long (0: never)

@@ -19,6 +19,7 @@ void page_init(Page* pg, unsigned cls, Heap* h) {
   pg->cls = static_cast<uint8_t>(cls);
   pg->is_head = 0;
   pg->dirty = 1;
+  pg->trim_used = 0;
   pg->next = pg->prev = nullptr;
   pg->xthread_free.store(0, std::memory_order_relaxed);
   pg->in_full = 0;

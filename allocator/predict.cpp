@@ -164,6 +164,7 @@ bool reserve_keep_locked(Page* pg) {
   // resident): the order frees left would scatter the next burst's blocks.
   pg->free = nullptr;
   pg->capacity = 0;
+  pg->trim_used = 0;
   pg->next = g_reserve[c];
   g_reserve[c] = pg;
   stats_add(g_ready_bytes, page_bytes(c));

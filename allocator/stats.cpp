@@ -63,6 +63,7 @@ extern "C" void am_stats_get(am_stats_t* out) {
   out->large_allocs = rd(g_os_stats.large_allocs);
   out->remaps = rd(g_os_stats.huge_remaps);
   out->purge_calls = rd(g_os_stats.purge_calls);
+  out->trimmed_bytes = rd(g_os_stats.trimmed_bytes);
   out->dirty_bytes = rd(g_dirty_bytes);
   out->background_ticks = background_ticks();
   out->prefill_pages = rd(g_prefill_built);
@@ -113,7 +114,9 @@ void stats_report(int fd) {
       .bytes(s.purged_bytes)
       .str(" purged in ")
       .num(s.purge_calls)
-      .str(" calls, ")
+      .str(" calls (")
+      .bytes(s.trimmed_bytes)
+      .str(" inside sparse pages), ")
       .bytes(s.dirty_bytes)
       .str(" free and resident\n");
   o.str("  worker:     ")
@@ -196,6 +199,7 @@ void stats_report_json(int fd) {
   field("meshed_pages", s.meshed_pages);
   field("mesh_merges", s.mesh_merges);
   field("prefill_kept", s.prefill_kept);
+  field("trimmed_bytes", s.trimmed_bytes);
   o.flush(fd);
   run_hooks(fd, true);  // they add their fields
   o.str("}\n").flush(fd);

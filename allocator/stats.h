@@ -11,6 +11,7 @@ struct OsStats {
   std::atomic<uint64_t> munmap_calls;
   std::atomic<uint64_t> purged_bytes;
   std::atomic<uint64_t> purge_calls;
+  std::atomic<uint64_t> trimmed_bytes;  // of purged_bytes, inside sparse pages (trim.cpp)
   std::atomic<uint64_t> heaps_created;
   std::atomic<uint64_t> heaps_abandoned;
   std::atomic<uint64_t> bad_frees;

@@ -71,7 +71,8 @@ struct Page {
   // keeps the group's count), and the next page of the group.
   Page* mesh_primary;
   Page* mesh_next;
-  uint8_t pad_[8];
+  uint16_t trim_used;  // `used` when trim.cpp last trimmed the page; 0: never
+  uint8_t pad_[6];
 };
 
 static_assert(sizeof(Page) == 128, "slot_page() computes slot * 128");
@@ -140,7 +141,10 @@ struct Heap {
   uint64_t last_mesh_ms = 0;    // the last mesh pass over this heap (mesh.cpp)
   uint32_t mesh_every_ms = 0;   // and the wait before the next (backs off)
   uint8_t mesh_next_class = 0;  // where the next pass starts
-  Heap* next = nullptr;         // all heaps ever made / the pool of unused heaps
+  uint8_t trim_next_class = 0;  // the same for trimming (trim.cpp)
+  uint32_t trim_every_ms = 0;
+  uint64_t last_trim_ms = 0;
+  Heap* next = nullptr;  // all heaps ever made / the pool of unused heaps
   Heap* pool_next = nullptr;
   // Counters kept by the owner without atomics; summed by stats.
   uint64_t remote_frees = 0;

@@ -280,6 +280,9 @@ typedef struct am_stats_s {
                                    lifetime (each returned a page of memory to the OS) */
   uint64_t prefill_kept;        /* AMALLOC_PREDICT: pages kept whole after a burst as the reserve
                                    for the next one (counted in prefill_ready_bytes while kept) */
+  uint64_t trimmed_bytes;       /* of purged_bytes, those inside the free blocks of sparse pages
+                                   (pages a quarter live or less keep their survivors and give
+                                   back the rest; see README, Fragmentation) */
 } am_stats_t;
 
 AM_API void am_stats_get(am_stats_t* out);

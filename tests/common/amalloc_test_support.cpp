@@ -18,9 +18,7 @@ extern char** environ;
 
 // Make sanitizer findings fail the test instead of scrolling past.
 #if AMT_UBSAN
-extern "C" const char* __ubsan_default_options() {
-  return "halt_on_error=1:print_stacktrace=1";
-}
+extern "C" const char* __ubsan_default_options() { return "halt_on_error=1:print_stacktrace=1"; }
 #endif
 #if AMT_TSAN
 extern "C" const char* __tsan_default_options() {
@@ -126,6 +124,15 @@ std::size_t rss_bytes() {
   int got = std::fscanf(f, "%lu %lu", &size, &resident);
   std::fclose(f);
   return got == 2 ? resident * page_size() : 0;
+}
+
+long long value_of(const std::string& out, const std::string& key) {
+  std::istringstream is(out);
+  std::string line;
+  while (std::getline(is, line))
+    if (line.compare(0, key.size() + 1, key + " ") == 0)
+      return std::atoll(line.c_str() + key.size() + 1);
+  return -1;
 }
 
 std::size_t page_size() {

@@ -88,15 +88,15 @@ struct Rng {
 
 // Resident set size of this process in bytes (from /proc/self/statm).
 std::size_t rss_bytes();
+// The value printed as "KEY value" at the start of a line of `out`, or -1.
+long long value_of(const std::string& out, const std::string& key);
 std::size_t page_size();
 am_stats_t stats();
 
 inline bool is_aligned(const void* p, std::size_t a) {
   return (reinterpret_cast<std::uintptr_t>(p) & (a - 1)) == 0;
 }
-inline std::size_t round_up(std::size_t n, std::size_t a) {
-  return (n + a - 1) / a * a;
-}
+inline std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
 // Runs `fn` with file descriptor 2 sent to a temporary file; returns what
 // was written there.

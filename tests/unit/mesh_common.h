@@ -191,15 +191,7 @@ inline std::uint64_t free_all(std::vector<Block>& v) {
   return amt::stats().meshed_pages;
 }
 
-// The value printed as "KEY value" at the start of a line of `out`, or -1.
-inline long long value_of(const std::string& out, const std::string& key) {
-  std::istringstream is(out);
-  std::string line;
-  while (std::getline(is, line))
-    if (line.compare(0, key.size() + 1, key + " ") == 0)
-      return std::atoll(line.c_str() + key.size() + 1);
-  return -1;
-}
+using amt::value_of;
 
 // A sanitizer that keeps its own SIGSEGV handler leaves amalloc no way to
 // hold a page while it copies it, and then nothing meshes. Not so in a

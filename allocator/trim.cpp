@@ -1,0 +1,58 @@
+#include "allocator/trim.h"
+
+#include "allocator/page.h"
+#include "allocator/segment.h"
+#include "allocator/stats.h"
+
+namespace am {
+
+namespace {
+
+// Worth a look: blocks with whole OS pages inside, a quarter live or less,
+// not the page allocation goes on in, and not trimmed since an eighth of
+// its blocks more were freed (a trimmed page keeps its used count in
+// trim_used; fresh pages have 0 there).
+bool wants_trim(const Page* pg) {
+  return pg->block_size > kOsPage && !pg->is_head && pg->used > 0 && pg->used * 4 <= pg->capacity &&
+         (pg->trim_used == 0 || pg->used + pg->reserved / 8 <= pg->trim_used) &&
+         !segment_of_page(pg)->file_backed;
+}
+
+// Gives back the OS pages inside each free block, past its link. Returns
+// the madvise calls made.
+uint32_t trim_page(Page* pg) {
+  uint32_t calls = 0;
+  for (Block* b = pg->free; b; b = b->next) {
+    uintptr_t lo = (reinterpret_cast<uintptr_t>(b) + sizeof(Block) + kOsPage - 1) & ~(kOsPage - 1);
+    uintptr_t hi = (reinterpret_cast<uintptr_t>(b) + pg->block_size) & ~(kOsPage - 1);
+    if (hi <= lo) continue;
+    os_purge(reinterpret_cast<void*>(lo), hi - lo);
+    stats_add(g_os_stats.trimmed_bytes, hi - lo);
+    calls++;
+  }
+  pg->trim_used = static_cast<uint16_t>(pg->used);
+  return calls;
+}
+
+}  // namespace
+
+void trim_heap(Heap* h, uint64_t now, uint32_t max_calls) {
+  h->last_trim_ms = now;
+  uint32_t calls = 0;
+  unsigned c = h->trim_next_class % kNumClasses;
+  for (unsigned k = 0; k < kNumClasses && calls < max_calls; k++, c = (c + 1) % kNumClasses) {
+    h->trim_next_class = static_cast<uint8_t>(c);
+    if (kClassSize[c] <= kOsPage) continue;
+    for (Page* pg = h->queues[c].first; pg && calls < max_calls; pg = pg->next) {
+      page_collect(pg);
+      if (wants_trim(pg)) calls += trim_page(pg);
+    }
+  }
+  // A pass that did nothing backs off; one that did comes back soon.
+  uint32_t wait = calls ? kTrimEveryMs : 2 * h->trim_every_ms;
+  h->trim_every_ms = wait < kTrimEveryMs     ? kTrimEveryMs
+                     : wait > kTrimMaxWaitMs ? kTrimMaxWaitMs
+                                             : wait;
+}
+
+}  // namespace am

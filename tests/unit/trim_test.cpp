@@ -1,0 +1,138 @@
+// Trimming sparse pages (allocator/trim.cpp): pages of blocks larger than
+// an OS page that are a quarter live or less give back the OS pages inside
+// their free blocks; survivors keep their bytes, and the trimmed blocks
+// serve allocations again. Each case runs in a fresh process, so that the
+// RSS it reads is its own.
+#include <cstdio>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "amalloc/amalloc.h"
+#include "amalloc_test_support.h"
+#include "gtest/gtest.h"
+
+namespace {
+
+// 12 KiB blocks: 42 to a 512 KiB medium page, two of every three OS pages
+// of a free block lie past its link.
+constexpr std::size_t kSize = 12 * 1024;
+constexpr std::size_t kCount = 2048;  // 24 MiB
+
+struct Obj {
+  unsigned char* p;
+  std::uint64_t seed;
+};
+
+// Blocks written in full, then all but every tenth freed: sparse pages.
+std::vector<Obj> sparse() {
+  std::vector<Obj> all;
+  for (std::size_t i = 0; i < kCount; i++) {
+    auto* p = static_cast<unsigned char*>(am_malloc(kSize));
+    if (!p) std::exit(20);
+    amt::fill_pattern(p, kSize, i);
+    all.push_back({p, i});
+  }
+  std::vector<Obj> kept;
+  for (const Obj& o : all)
+    if (o.seed % 10 == 0)
+      kept.push_back(o);
+    else
+      am_free(o.p);
+  return kept;
+}
+
+std::size_t bad(const std::vector<Obj>& v) {
+  std::size_t n = 0;
+  for (const Obj& o : v) n += amt::check_pattern(o.p, kSize, o.seed) != SIZE_MAX;
+  return n;
+}
+
+void print(const char* what, std::size_t v) { std::printf("%s %zu\n", what, v); }
+
+}  // namespace
+
+AMT_SCENARIO(trim_sparse_pages) {
+  std::vector<Obj> kept = sparse();
+  std::size_t before = amt::rss_bytes();
+  am_collect(0);  // the owner trims (as its slow paths and idle point do, on a budget)
+  std::size_t after = amt::rss_bytes();
+  print("RSS_BEFORE_KIB", before / 1024);
+  print("RSS_AFTER_KIB", after / 1024);
+  print("TRIMMED_KIB", amt::stats().trimmed_bytes / 1024);
+  print("KEPT_BAD", bad(kept));
+  // The trimmed blocks serve allocations again, and read back what is
+  // written into them.
+  std::vector<Obj> fresh;
+  for (std::size_t i = 0; i < kCount / 2; i++) {
+    auto* p = static_cast<unsigned char*>(am_malloc(kSize));
+    if (!p) return 21;
+    amt::fill_pattern(p, kSize, 1000000 + i);
+    fresh.push_back({p, 1000000 + i});
+  }
+  print("FRESH_BAD", bad(fresh));
+  print("KEPT_BAD_AFTER", bad(kept));
+  for (const Obj& o : kept) am_free(o.p);
+  for (const Obj& o : fresh) am_free(o.p);
+  return 0;
+}
+
+TEST(Trim, SparsePagesGiveBackTheFreeOsPagesInside) {
+  auto c = amt::run_scenario("trim_sparse_pages", {{"AMALLOC_BACKGROUND", "0"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  // 90% of 24 MiB is free, two thirds of it past the blocks' links: 14 MiB.
+  EXPECT_GT(amt::value_of(c.out, "TRIMMED_KIB"), 12 * 1024) << c.describe();
+  EXPECT_LT(amt::value_of(c.out, "RSS_AFTER_KIB") + 12 * 1024,
+            amt::value_of(c.out, "RSS_BEFORE_KIB"))
+      << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "KEPT_BAD"), 0) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "FRESH_BAD"), 0) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "KEPT_BAD_AFTER"), 0) << c.describe();
+}
+
+TEST(Trim, OffKeepsTheMemory) {
+  auto c =
+      amt::run_scenario("trim_sparse_pages", {{"AMALLOC_BACKGROUND", "0"}, {"AMALLOC_TRIM", "0"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "TRIMMED_KIB"), 0) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "FRESH_BAD"), 0) << c.describe();
+}
+
+// Other threads free into the sparse pages while the owner trims them:
+// their frees write the blocks' links, which trimming keeps.
+AMT_SCENARIO(trim_with_remote_frees) {
+  std::vector<Obj> kept = sparse();
+  std::vector<Obj> theirs(kept.begin(), kept.begin() + kept.size() / 2);
+  std::vector<Obj> mine(kept.begin() + kept.size() / 2, kept.end());
+  std::size_t theirs_bad = 0;
+  std::thread t([&] {
+    for (const Obj& o : theirs) {
+      theirs_bad += amt::check_pattern(o.p, kSize, o.seed) != SIZE_MAX;
+      am_free(o.p);
+    }
+  });
+  for (int i = 0; i < 50; i++) am_collect(0);
+  t.join();
+  am_collect(0);
+  print("THEIRS_BAD", theirs_bad);
+  print("MINE_BAD", bad(mine));
+  std::vector<Obj> fresh;
+  for (std::size_t i = 0; i < kCount; i++) {
+    auto* p = static_cast<unsigned char*>(am_malloc(kSize));
+    if (!p) return 21;
+    amt::fill_pattern(p, kSize, 2000000 + i);
+    fresh.push_back({p, 2000000 + i});
+  }
+  print("FRESH_BAD", bad(fresh));
+  for (const Obj& o : mine) am_free(o.p);
+  for (const Obj& o : fresh) am_free(o.p);
+  return 0;
+}
+
+TEST(Trim, RemoteFreesDuringTrimming) {
+  auto c = amt::run_scenario("trim_with_remote_frees", {{"AMALLOC_BACKGROUND", "0"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "THEIRS_BAD"), 0) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "MINE_BAD"), 0) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "FRESH_BAD"), 0) << c.describe();
+}
