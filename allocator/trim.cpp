@@ -8,12 +8,14 @@ namespace am {
 
 namespace {
 
+constexpr size_t kHotBytes = 64 * 1024;
+
 // Worth a look: blocks with whole OS pages inside, a quarter live or less,
 // not the page allocation goes on in, and not trimmed since an eighth of
 // its blocks more were freed (a trimmed page keeps its used count in
 // trim_used; fresh pages have 0 there).
 bool wants_trim(const Page* pg) {
-  return pg->block_size > kOsPage && !pg->is_head && pg->used > 0 && pg->used * 4 <= pg->capacity &&
+  return pg->block_size > kOsPage && pg->used > 0 && pg->used * 4 <= pg->capacity &&
          (pg->trim_used == 0 || pg->used + pg->reserved / 8 <= pg->trim_used) &&
          !segment_of_page(pg)->file_backed;
 }
@@ -22,7 +24,14 @@ bool wants_trim(const Page* pg) {
 // the madvise calls made.
 uint32_t trim_page(Page* pg) {
   uint32_t calls = 0;
+  // The head page's next allocations take its first free blocks: those
+  // stay (64 KiB of them, at least four).
+  size_t skip = pg->is_head ? (kHotBytes / pg->block_size > 4 ? kHotBytes / pg->block_size : 4) : 0;
   for (Block* b = pg->free; b; b = b->next) {
+    if (skip) {
+      skip--;
+      continue;
+    }
     uintptr_t lo = (reinterpret_cast<uintptr_t>(b) + sizeof(Block) + kOsPage - 1) & ~(kOsPage - 1);
     uintptr_t hi = (reinterpret_cast<uintptr_t>(b) + pg->block_size) & ~(kOsPage - 1);
     if (hi <= lo) continue;

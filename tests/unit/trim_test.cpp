@@ -136,3 +136,69 @@ TEST(Trim, RemoteFreesDuringTrimming) {
   EXPECT_EQ(amt::value_of(c.out, "MINE_BAD"), 0) << c.describe();
   EXPECT_EQ(amt::value_of(c.out, "FRESH_BAD"), 0) << c.describe();
 }
+
+// The page allocation goes on in is trimmed too, past the free blocks its
+// next allocations take first.
+AMT_SCENARIO(trim_head_page) {
+  std::vector<Obj> all;
+  for (std::size_t i = 0; i < 40; i++) {  // one 512 KiB page of 12 KiB blocks
+    auto* p = static_cast<unsigned char*>(am_malloc(kSize));
+    if (!p) return 21;
+    amt::fill_pattern(p, kSize, i);
+    all.push_back({p, i});
+  }
+  std::vector<Obj> kept(all.begin(), all.begin() + 4);
+  for (std::size_t i = 4; i < all.size(); i++) am_free(all[i].p);
+  am_collect(0);
+  print("TRIMMED_KIB", amt::stats().trimmed_bytes / 1024);
+  print("KEPT_BAD", bad(kept));
+  std::vector<Obj> again;
+  for (std::size_t i = 0; i < 36; i++) {
+    auto* p = static_cast<unsigned char*>(am_malloc(kSize));
+    if (!p) return 22;
+    amt::fill_pattern(p, kSize, 500 + i);
+    again.push_back({p, 500 + i});
+  }
+  print("AGAIN_BAD", bad(again));
+  for (const Obj& o : kept) am_free(o.p);
+  for (const Obj& o : again) am_free(o.p);
+  return 0;
+}
+
+TEST(Trim, TheHeadPageKeepsItsFirstFreeBlocks) {
+  auto c = amt::run_scenario("trim_head_page", {{"AMALLOC_BACKGROUND", "0"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  // 36 free blocks, the first five (64 KiB) kept: 31 trimmed, 8 KiB each.
+  EXPECT_EQ(amt::value_of(c.out, "TRIMMED_KIB"), 31 * 8) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "KEPT_BAD"), 0) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "AGAIN_BAD"), 0) << c.describe();
+}
+
+// A large block that takes a cached segment with a long resident tail
+// keeps room to double in place and gives the rest back.
+AMT_SCENARIO(large_block_in_a_dirty_segment) {
+  constexpr std::size_t kBig = 3 << 20, kSmallLarge = 128 << 10;
+  void* big = am_malloc(kBig);
+  if (!big) return 21;
+  std::memset(big, 1, kBig);
+  am_free(big);  // to the segment cache, resident
+  std::size_t before = amt::rss_bytes();
+  void* p = am_malloc(kSmallLarge);  // the only cached segment
+  if (!p) return 22;
+  std::memset(p, 2, kSmallLarge);
+  std::size_t after = amt::rss_bytes();
+  print("RSS_BEFORE_KIB", before / 1024);
+  print("RSS_AFTER_KIB", after / 1024);
+  am_free(p);
+  return 0;
+}
+
+TEST(Trim, ALargeBlockDoesNotKeepAResidentTail) {
+  auto c = amt::run_scenario("large_block_in_a_dirty_segment",
+                             {{"AMALLOC_BACKGROUND", "0"}, {"AMALLOC_PURGE_DELAY", "600000"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  // 3 MiB were resident; 256 KiB (and the header) stay.
+  EXPECT_LT(amt::value_of(c.out, "RSS_AFTER_KIB") + 2 * 1024,
+            amt::value_of(c.out, "RSS_BEFORE_KIB"))
+      << c.describe();
+}
