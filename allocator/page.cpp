@@ -20,6 +20,7 @@ void page_init(Page* pg, unsigned cls, Heap* h) {
   pg->is_head = 0;
   pg->dirty = 1;
   pg->trim_used = 0;
+  pg->trim_seen = 0;
   pg->next = pg->prev = nullptr;
   pg->xthread_free.store(0, std::memory_order_relaxed);
   pg->in_full = 0;

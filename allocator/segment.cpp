@@ -300,13 +300,6 @@ Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
     size_t mapped = need <= kSegmentSize ? kSegmentSize : (need + kOsPage - 1) & ~(kOsPage - 1);
     s = segment_take(kSegLarge, mapped, need);
     if (!s) return nullptr;
-    // A resident tail far past the block would stay resident, unused, for
-    // the block's life: keep room to double in place, purge the rest.
-    size_t keep = (off + 2 * size + kOsPage - 1) & ~(kOsPage - 1);
-    if (s->dirty_end > keep) {
-      purge_range(s, reinterpret_cast<uint8_t*>(s) + keep, s->dirty_end - keep);
-      s->dirty_end = keep;
-    }
   } else {
     size_t mapped = (need + kOsPage - 1) & ~(kOsPage - 1);
     s = static_cast<Segment*>(shifted ? os_map_aligned(mapped, align, kSegmentSize)

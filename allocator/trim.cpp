@@ -20,6 +20,17 @@ bool wants_trim(const Page* pg) {
          !segment_of_page(pg)->file_backed;
 }
 
+// The head page takes every allocation of its class: it is trimmed only
+// once a whole pass went by without one (or a free), so that a class in
+// use does not fault its blocks in again and again.
+bool idle_since_last_pass(Page* pg) {
+  auto sig =
+      static_cast<uint16_t>(pg->used * 40503u ^ (reinterpret_cast<uintptr_t>(pg->free) >> 4));
+  if (pg->trim_seen == sig) return true;
+  pg->trim_seen = sig;
+  return false;
+}
+
 // Gives back the OS pages inside each free block, past its link. Returns
 // the madvise calls made.
 uint32_t trim_page(Page* pg) {
@@ -54,7 +65,7 @@ void trim_heap(Heap* h, uint64_t now, uint32_t max_calls) {
     if (kClassSize[c] <= kOsPage) continue;
     for (Page* pg = h->queues[c].first; pg && calls < max_calls; pg = pg->next) {
       page_collect(pg);
-      if (wants_trim(pg)) calls += trim_page(pg);
+      if (wants_trim(pg) && (!pg->is_head || idle_since_last_pass(pg))) calls += trim_page(pg);
     }
   }
   // A pass that did nothing backs off; one that did comes back soon.

@@ -72,7 +72,8 @@ struct Page {
   Page* mesh_primary;
   Page* mesh_next;
   uint16_t trim_used;  // `used` when trim.cpp last trimmed the page; 0: never
-  uint8_t pad_[6];
+  uint16_t trim_seen;  // a head page's state at the last trim pass (trim.cpp)
+  uint8_t pad_[4];
 };
 
 static_assert(sizeof(Page) == 128, "slot_page() computes slot * 128");
