@@ -27,6 +27,11 @@ bool g_fork_stdio;           // prepare holds glibc's FILE list lock
 SignalMask g_fork_mask;      // the forking thread's signals, blocked meanwhile
 // The range a mesh copy holds read-only.
 std::atomic<uintptr_t> g_hold_lo, g_hold_hi;
+// Writers that wait for a hold (a copy or a fork) sleep on g_hold_gen,
+// which each end of a hold bumps; it wakes them only when g_hold_waiters
+// says there are any (a merge holds a page for microseconds, and most
+// have no waiter).
+std::atomic<uint32_t> g_hold_gen, g_hold_waiters;
 bool g_handler;  // ours is installed
 
 // Slot 0 (header, page table, meshing bitmaps) stays private.
@@ -61,6 +66,24 @@ __thread uint32_t t_fault_repeats __attribute__((tls_model("initial-exec")));
 
 void child_switch();
 
+// Sleeps until `a` is no longer held (a timeout guards against a missed
+// wake-up, which the order of the accesses below should rule out).
+void wait_hold_end(uintptr_t a) {
+  g_hold_waiters.fetch_add(1, std::memory_order_seq_cst);
+  for (;;) {
+    uint32_t gen = g_hold_gen.load(std::memory_order_seq_cst);
+    if (!held(a)) break;
+    os_futex_wait(&g_hold_gen, gen, 10);
+  }
+  g_hold_waiters.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+// After a hold ends (its range or the fork flag cleared).
+void hold_ended() {
+  g_hold_gen.fetch_add(1, std::memory_order_seq_cst);
+  if (g_hold_waiters.load(std::memory_order_seq_cst)) os_futex_wake(&g_hold_gen, INT32_MAX);
+}
+
 AM_COLD void die_self_fault(uintptr_t a) {
   Out o;
   o.str("amalloc: fork(): the forking thread wrote into the heap at ")
@@ -93,7 +116,7 @@ void on_fault(int sig, void* info, void* context) {
     if (os_gettid() == g_fork_tid) die_self_fault(a);  // it would wait for itself
   }
   if (held(a)) {
-    while (held(a)) os_yield();
+    wait_hold_end(a);
     t_fault_at = 0;
     errno = saved;
     return;
@@ -195,6 +218,7 @@ bool filemap_hold(uint8_t* area, size_t n) {
 void filemap_unhold() {
   g_hold_hi.store(0, std::memory_order_seq_cst);
   g_hold_lo.store(0, std::memory_order_seq_cst);
+  hold_ended();
 }
 
 void filemap_fork_prepare() {
@@ -241,6 +265,7 @@ void filemap_fork_parent() {
   if (g_fork_held)
     each_file_segment([](Segment* s, bool) { os_protect(data_of(s), kDataSize, true); });
   g_fork_busy.store(0, std::memory_order_seq_cst);
+  hold_ended();
   if (g_fork_stdio) os_stdio_list_unlock();
   g_fork_stdio = false;
   os_restore_signals(&g_fork_mask);

@@ -311,9 +311,10 @@ void os_futex_wait(std::atomic<uint32_t>* word, uint32_t expected, uint32_t time
           0);
 }
 
-void os_futex_wake(std::atomic<uint32_t>* word) {
+void os_futex_wake(std::atomic<uint32_t>* word, int count) {
   ErrnoGuard guard;
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, count, nullptr, nullptr,
+          0);
 }
 
 void os_sleep_us(uint32_t us) {

@@ -69,7 +69,7 @@ int os_gettid();
 void os_yield();
 // Sleep while *word == expected, at most timeout_ms; wake such sleepers.
 void os_futex_wait(std::atomic<uint32_t>* word, uint32_t expected, uint32_t timeout_ms);
-void os_futex_wake(std::atomic<uint32_t>* word);
+void os_futex_wake(std::atomic<uint32_t>* word, int count = 1);
 void os_sleep_us(uint32_t us);
 void os_write(int fd, const char* s, size_t n);
 
