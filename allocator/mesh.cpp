@@ -244,6 +244,14 @@ void close_group(Heap* h, Group& gr) {
 
 }  // namespace
 
+AM_APPROXIMATE_READS uint32_t mesh_live_blocks(Page* pg) {
+  const uint64_t* bits = live_bits(pg);
+  uint32_t n = 0;
+  for (unsigned w = 0; w < bit_words(pg); w++)
+    n += static_cast<uint32_t>(__builtin_popcountll(__atomic_load_n(&bits[w], __ATOMIC_RELAXED)));
+  return n;
+}
+
 void mesh_free(Page* pg, void* p) {
   Page* a = pg->mesh_primary;
   uint32_t i = block_index(pg, p);

@@ -36,5 +36,8 @@ inline void mesh_maybe(Heap* h) {
 }
 // A free into a meshed page (any thread; the page's kXMesh bit is set).
 void mesh_free(Page* pg, void* p);
+// A meshed page's live blocks now (its `used` stays as it was when it was
+// merged; frees clear bits in its live bitmap). For stats.
+uint32_t mesh_live_blocks(Page* pg);
 
 }  // namespace am

@@ -5,6 +5,7 @@
 #include "allocator/background.h"
 #include "allocator/filemap.h"
 #include "allocator/heap.h"
+#include "allocator/mesh.h"
 #include "allocator/options.h"
 #include "allocator/os.h"
 #include "allocator/stats.h"
@@ -429,7 +430,8 @@ AM_APPROXIMATE_READS SegmentTotals segment_totals_locked() {
         t.committed += page_area_size(s);  // in the burst reserve: resident, carved again later
       } else if (pg.in_use) {
         t.pages_in_use++;
-        t.in_use += uint64_t{pg.used - pg.is_head} * pg.block_size;
+        uint32_t live = pg.meshed ? mesh_live_blocks(&s->pages[i]) : pg.used - pg.is_head;
+        t.in_use += uint64_t{live} * pg.block_size;
         // A meshed page's memory is its group's first page's.
         if (!pg.meshed || pg.mesh_primary == &pg)
           t.committed += uint64_t{pg.capacity} * pg.block_size;
