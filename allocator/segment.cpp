@@ -138,21 +138,29 @@ Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
     dirty_end = s->purged ? 0 : s->dirty_end;
     cached_at = s->cached_at;
     mapped = s->mapped_size;
+    if (s->kind == kSegLarge && kind == kSegLarge) {
+      // A large segment only ever writes pages[0] of its page table (8
+      // KiB, zeroed when it was taken): the header fields and that entry.
+      memset(static_cast<void*>(&s->pages[0]), 0, sizeof(Page));
+      auto* fields = reinterpret_cast<uint8_t*>(&s->kind);
+      memset(fields, 0, static_cast<size_t>(reinterpret_cast<uint8_t*>(s + 1) - fields));
+    } else {
+      memset(static_cast<void*>(s), 0, sizeof(Segment));
+    }
   } else {
     s = file_backed ? filemap_segment_map() : nullptr;
     if (!s) {
       file_backed = false;
       s = static_cast<Segment*>(os_map_aligned(size, kSegmentSize));
     }
-    if (!s) return nullptr;
+    if (!s) return nullptr;  // a fresh mapping reads as zeros
   }
-  memset(static_cast<void*>(s), 0, sizeof(Segment));
   s->kind = kind;
   s->file_backed = file_backed;
   s->mapped_size = mapped;
   s->dirty_end = dirty_end;
   uint32_t span = static_cast<uint32_t>(page_slots(s));
-  for (uint32_t i = 0; i < kMaxPages; i++) {
+  for (uint32_t i = 0; i < kMaxPages && kind != kSegLarge; i++) {
     s->pages[i].dirty = dirty_end >= (size_t{i} + span) << kSlotShift;
     s->pages[i].retired_at = cached_at;
     if (kind == kSegMedium && i >= kFirstSlot)
