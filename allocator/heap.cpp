@@ -97,7 +97,10 @@ void sweep_abandoned_locked(uint64_t now) {
 static void count_cold_page(Heap* h, unsigned cls) {
   h->new_pages[cls].store(h->new_pages[cls].load(std::memory_order_relaxed) + 1,
                           std::memory_order_relaxed);
-  if (g_options.predict) background_kick();
+  if (g_options.predict) {
+    predict_count_cold(cls);
+    background_kick();
+  }
 }
 
 // A page for class `cls`, from the cheapest source first: one abandoned by

@@ -145,6 +145,11 @@ uint32_t g_reserve_taken[kNumClasses];    // since the last tick
 uint64_t g_class_demand_ms[kNumClasses];  // the last tick with demand, per class
 size_t g_reserve_bytes;
 size_t g_episode_bytes, g_last_episode_bytes;
+// Bytes of cold pages taken, counted by the heaps as they take them, and
+// the count at the worker's last tick: demand the worker has not seen yet
+// (it may lag on busy cores, SCHED_BATCH) still sizes the reserve.
+std::atomic<size_t> g_cold_bytes;
+size_t g_cold_bytes_seen;
 uint64_t g_demand_ms;  // the last tick with demand in any class
 
 }  // namespace
@@ -153,7 +158,9 @@ bool reserve_keep_locked(Page* pg) {
   // Only the worker releases a reserve.
   if (!g_options.predict || pg->meshed || !background_running()) return false;
   unsigned c = pg->cls;
-  size_t cap = g_last_episode_bytes > g_episode_bytes ? g_last_episode_bytes : g_episode_bytes;
+  size_t episode =
+      g_episode_bytes + (g_cold_bytes.load(std::memory_order_relaxed) - g_cold_bytes_seen);
+  size_t cap = g_last_episode_bytes > episode ? g_last_episode_bytes : episode;
   if (g_reserve_bytes + page_bytes(c) > cap) return false;
   g_reserve_bytes += page_bytes(c);
   pg->heap.store(nullptr, std::memory_order_relaxed);
@@ -258,6 +265,7 @@ uint64_t predict_tick(uint64_t now) {
         }
       }
     }
+    g_cold_bytes_seen = g_cold_bytes.load(std::memory_order_relaxed);
     size_t d_bytes = 0;
     for (unsigned c = 0; c < kNumClasses; c++) {
       uint32_t d = demand[c] + g_reserve_taken[c];
@@ -300,6 +308,10 @@ uint64_t predict_tick(uint64_t now) {
     }
   }
   return active ? now + kTickMs : next;
+}
+
+void predict_count_cold(unsigned cls) {
+  g_cold_bytes.fetch_add(page_bytes(cls), std::memory_order_relaxed);
 }
 
 size_t prefill(Heap* h, unsigned cls, size_t pages) {

@@ -24,6 +24,8 @@ void ready_drop_locked(Heap* h, uint64_t now);
 bool reserve_keep_locked(Page* pg);
 // A page of the reserve for `h`'s class `cls` (page_new), or nullptr.
 Page* reserve_take_locked(Heap* h, unsigned cls);
+// A cold page of `cls` was taken (page_new, with the predictor on).
+void predict_count_cold(unsigned cls);
 // Give the whole reserve back (am_collect(1), malloc_trim). Under g_lock.
 void reserve_drop_locked(uint64_t now);
 // The worker's task (see predict.cpp).
