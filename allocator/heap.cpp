@@ -125,6 +125,7 @@ Page* page_new(Heap* h, unsigned cls) {
     }
   }
   if (reserved) {  // carved and resident: nothing to build ahead for yet
+    stats_add(g_class_counters[cls].pages_reserve, 1);
     queue_push_back(h, pg);
     return pg;
   }
@@ -132,12 +133,14 @@ Page* page_new(Heap* h, unsigned cls) {
     // Every page from here on is demand the predictor serves.
     count_cold_page(h, cls);
     if ((pg = ready_take(h, cls))) {
+      stats_add(g_class_counters[cls].pages_ready, 1);
       queue_push_back(h, pg);
       return pg;
     }
     LockGuard g;
     pg = segment_page_alloc_locked(kind);
     if (!pg) return nullptr;
+    stats_add(g_class_counters[cls].pages_cold, 1);
   }
   if (adopted) {
     pg->heap.store(h, std::memory_order_release);

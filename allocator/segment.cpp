@@ -417,6 +417,26 @@ void segment_for_each_locked(void (*f)(Segment* s, bool cached, void* ctx), void
   for (Segment* s = g_cache; s; s = s->next) f(s, true, ctx);
 }
 
+AM_APPROXIMATE_READS void segment_class_totals_locked(ClassTotals* out) {
+  for (unsigned c = 0; c < kNumClasses; c++) out[c] = ClassTotals{};
+  for (Segment* s = g_all; s; s = s->all_next) {
+    if (s->kind == kSegLarge) continue;
+    for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(page_slots(s))) {
+      Page& pg = s->pages[i];
+      if (!pg.in_use || pg.cls >= kNumClasses) continue;
+      ClassTotals& t = out[pg.cls];
+      if (pg.capacity == 0 && !pg.heap.load(std::memory_order_relaxed)) {
+        t.reserve++;
+        continue;
+      }
+      t.pages++;
+      t.live += pg.meshed ? mesh_live_blocks(&pg) : pg.used - pg.is_head;
+      t.carved += pg.capacity;
+      t.meshed += pg.meshed;
+    }
+  }
+}
+
 AM_APPROXIMATE_READS SegmentTotals segment_totals_locked() {
   SegmentTotals t{};
   for (Segment* s = g_cache; s; s = s->next) {

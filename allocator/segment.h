@@ -92,6 +92,11 @@ struct SegmentTotals {
   uint64_t large_blocks;
 };
 SegmentTotals segment_totals_locked();
+// The pages of each size class in use now (kNumClasses entries).
+struct ClassTotals {
+  uint64_t pages, live, carved, meshed, reserve;
+};
+void segment_class_totals_locked(ClassTotals* out);
 
 // When the last purge pass ran (read without the lock by maintenance_maybe).
 extern std::atomic<uint64_t> g_last_purge_ms;

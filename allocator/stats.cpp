@@ -14,6 +14,7 @@
 namespace am {
 
 OsStats g_os_stats;
+ClassCounters g_class_counters[kNumClasses];
 int g_report_fd = 2;
 namespace {
 constexpr int kMaxHooks = 4;
@@ -23,6 +24,70 @@ void run_hooks(int fd, bool json) {
   for (auto& h : g_hooks)
     if (StatsHook f = h.load(std::memory_order_acquire)) f(fd, json);
 }
+// Every class's figures, for the reports.
+void class_stats_all(am_class_stats_t* out) { am_class_stats(out, kNumClasses); }
+
+bool class_active(const am_class_stats_t& c) {
+  return c.pages || c.reserve_pages || c.pages_cold || c.pages_ready || c.pages_reserve;
+}
+
+void report_classes(int fd) {
+  am_class_stats_t cs[kNumClasses];
+  class_stats_all(cs);
+  Out o;
+  for (const am_class_stats_t& c : cs) {
+    if (!class_active(c)) continue;
+    o.str("  class ")
+        .num(c.block_size)
+        .str(": ")
+        .num(c.pages)
+        .str(" pages, ")
+        .num(c.blocks_live)
+        .ch('/')
+        .num(c.blocks_carved)
+        .str(" blocks live; taken ")
+        .num(c.pages_cold)
+        .str(" cold, ")
+        .num(c.pages_ready)
+        .str(" built ahead, ")
+        .num(c.pages_reserve)
+        .str(" from the reserve");
+    if (c.reserve_pages) o.str("; ").num(c.reserve_pages).str(" in the reserve");
+    if (c.meshed_pages) o.str("; ").num(c.meshed_pages).str(" meshed");
+    if (c.trimmed_bytes) o.str("; ").bytes(c.trimmed_bytes).str(" trimmed");
+    o.ch('\n').flush(fd);
+  }
+}
+
+void report_classes_json(int fd) {
+  am_class_stats_t cs[kNumClasses];
+  class_stats_all(cs);
+  Out o;
+  o.str(",\"classes\":[");
+  bool first = true;
+  for (const am_class_stats_t& c : cs) {
+    if (!class_active(c)) continue;
+    auto field = [&o](const char* name, uint64_t v, bool comma = true) {
+      if (comma) o.ch(',');
+      o.ch('"').str(name).str("\":").num(v);
+    };
+    o.str(first ? "{" : ",{");
+    first = false;
+    field("size", c.block_size, false);
+    field("pages", c.pages);
+    field("blocks_live", c.blocks_live);
+    field("blocks_carved", c.blocks_carved);
+    field("meshed_pages", c.meshed_pages);
+    field("reserve_pages", c.reserve_pages);
+    field("pages_cold", c.pages_cold);
+    field("pages_ready", c.pages_ready);
+    field("pages_reserve", c.pages_reserve);
+    field("trimmed_bytes", c.trimmed_bytes);
+    o.ch('}').flush(fd);
+  }
+  o.ch(']').flush(fd);
+}
+
 }  // namespace
 
 void stats_add_hook(StatsHook hook) {
@@ -155,6 +220,7 @@ void stats_report(int fd) {
         .num(s.mesh_merges)
         .str(" merges\n");
   o.flush(fd);
+  report_classes(fd);
   run_hooks(fd, false);
 }
 
@@ -201,6 +267,7 @@ void stats_report_json(int fd) {
   field("prefill_kept", s.prefill_kept);
   field("trimmed_bytes", s.trimmed_bytes);
   o.flush(fd);
+  report_classes_json(fd);
   run_hooks(fd, true);  // they add their fields
   o.str("}\n").flush(fd);
 }
@@ -209,3 +276,21 @@ void stats_report_json(int fd) {
 
 extern "C" void am_stats_print(void) { stats_report(2); }
 extern "C" void am_stats_print_json(void) { stats_report_json(2); }
+
+extern "C" size_t am_class_stats(am_class_stats_t* out, size_t max) {
+  if (!out || max == 0) return kNumClasses;
+  ClassTotals t[kNumClasses];
+  {
+    LockGuard g;
+    segment_class_totals_locked(t);
+  }
+  auto rd = [](const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); };
+  for (size_t c = 0; c < max && c < kNumClasses; c++) {
+    const ClassCounters& k = g_class_counters[c];
+    out[c] = am_class_stats_t{kClassSize[c],      t[c].pages,        t[c].live,
+                              t[c].carved,        t[c].meshed,       t[c].reserve,
+                              rd(k.pages_cold),   rd(k.pages_ready), rd(k.pages_reserve),
+                              rd(k.trimmed_bytes)};
+  }
+  return kNumClasses;
+}

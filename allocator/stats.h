@@ -3,6 +3,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "allocator/size_classes.h"
+
 namespace am {
 
 struct OsStats {
@@ -25,6 +27,17 @@ struct OsStats {
 };
 
 extern OsStats g_os_stats;
+
+// Per size class: where the pages heaps took came from (the predictor's
+// hits are pages built ahead or kept in the reserve, its misses fresh
+// slots that fault in), and what trimming gave back.
+struct ClassCounters {
+  std::atomic<uint64_t> pages_cold;
+  std::atomic<uint64_t> pages_ready;
+  std::atomic<uint64_t> pages_reserve;
+  std::atomic<uint64_t> trimmed_bytes;
+};
+extern ClassCounters g_class_counters[kNumClasses];
 // Where reports go: stderr, or a private copy of it made at start-up when
 // AMALLOC_STATS is set (programs such as coreutils close fd 2 at exit,
 // before the report is written).

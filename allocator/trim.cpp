@@ -48,6 +48,7 @@ uint32_t trim_page(Page* pg) {
     if (hi <= lo) continue;
     os_purge(reinterpret_cast<void*>(lo), hi - lo);
     stats_add(g_os_stats.trimmed_bytes, hi - lo);
+    stats_add(g_class_counters[pg->cls].trimmed_bytes, hi - lo);
     calls++;
   }
   pg->trim_used = static_cast<uint16_t>(pg->used);

@@ -286,6 +286,26 @@ typedef struct am_stats_s {
 } am_stats_t;
 
 AM_API void am_stats_get(am_stats_t* out);
+
+/* Counters of one size class (small and medium blocks, up to 64 KiB). */
+typedef struct am_class_stats_s {
+  uint64_t block_size;    /* bytes */
+  uint64_t pages;         /* pages of the class holding blocks now (meshed ones included) */
+  uint64_t blocks_live;   /* blocks handed out and not freed */
+  uint64_t blocks_carved; /* blocks made in those pages so far (live and free) */
+  uint64_t meshed_pages;  /* AMALLOC_MESH: of `pages`, those sharing memory now */
+  uint64_t reserve_pages; /* AMALLOC_PREDICT: empty pages kept for the next burst now */
+  uint64_t pages_cold;    /* pages heaps took that faulted in: the predictor's misses */
+  uint64_t pages_ready;   /* pages heaps took that the worker had built ahead (hits) */
+  uint64_t pages_reserve; /* pages heaps took from the burst reserve (hits) */
+  uint64_t trimmed_bytes; /* given back from inside the free blocks of sparse pages */
+} am_class_stats_t;
+/* Fills out[0 .. max) with the size classes in order of block size and
+ * returns how many classes there are (am_class_stats(NULL, 0) to ask). The
+ * lifetime counters (pages_*, trimmed_bytes) count pages that went to a
+ * heap's queue; a page taken back from an exited thread or from a free
+ * slot still resident is in none of them. */
+AM_API size_t am_class_stats(am_class_stats_t* out, size_t max);
 /* A short human-readable report to stderr (what AMALLOC_STATS=1 prints at
  * exit). Never calls malloc. */
 AM_API void am_stats_print(void);

@@ -357,6 +357,77 @@ TEST(Purge, LongPurgeDelayKeepsMemoryUntilForced) {
       << r.describe();
 }
 
+// ---- per size class ------------------------------------------------------------
+
+am_class_stats_t class_of(std::size_t block_size) {
+  std::vector<am_class_stats_t> cs(am_class_stats(nullptr, 0));
+  am_class_stats(cs.data(), cs.size());
+  for (const am_class_stats_t& c : cs)
+    if (c.block_size == block_size) return c;
+  ADD_FAILURE() << "no class of " << block_size << " bytes";
+  return {};
+}
+
+TEST(ClassStats, EveryClassInOrderOfSize) {
+  std::size_t n = am_class_stats(nullptr, 0);
+  ASSERT_GT(n, 60u);
+  std::vector<am_class_stats_t> cs(n + 5);
+  EXPECT_EQ(am_class_stats(cs.data(), cs.size()), n);
+  EXPECT_EQ(cs[0].block_size, 16u);
+  EXPECT_EQ(cs[n - 1].block_size, 64u * 1024);
+  for (std::size_t i = 1; i < n; i++) EXPECT_GT(cs[i].block_size, cs[i - 1].block_size);
+  std::vector<am_class_stats_t> two(2);
+  EXPECT_EQ(am_class_stats(two.data(), 2), n) << "a short array gets the first classes";
+  EXPECT_EQ(two[1].block_size, 32u);
+}
+
+TEST(ClassStats, LiveBlocksFollowAllocations) {
+  am_class_stats_t before = class_of(112);
+  std::vector<void*> v;
+  for (int i = 0; i < 10000; ++i) v.push_back(am_malloc(100));  // 112-byte blocks
+  am_class_stats_t during = class_of(112);
+  EXPECT_EQ(during.blocks_live - before.blocks_live, 10000u);
+  EXPECT_GE(during.blocks_carved, during.blocks_live);
+  EXPECT_GE(during.pages, 10000u * 112 / (64 * 1024));
+  for (void* p : v) am_free(p);
+  am_class_stats_t after = class_of(112);
+  EXPECT_EQ(after.blocks_live, before.blocks_live);
+}
+
+// Where pages come from: fresh slots fault (the predictor's misses), or
+// the worker built them ahead; the burst reserve serves a burst that comes
+// back (both hits).
+AMT_SCENARIO(class_pages_taken) {
+  std::vector<void*> v;
+  for (int i = 0; i < 4096; ++i) {  // 256 pages of 4 KiB blocks
+    v.push_back(am_malloc(4096));
+    std::memset(v.back(), 1, 4096);
+  }
+  am_class_stats_t first = class_of(4096);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the worker sees the demand
+  for (void* p : v) am_free(p);
+  v.clear();
+  for (int i = 0; i < 4096; ++i) v.push_back(am_malloc(4096));
+  am_class_stats_t again = class_of(4096);
+  std::printf("COLD %llu\nREADY %llu\nRESERVE_TAKEN %llu\nCOLD_AGAIN %llu\n",
+              static_cast<unsigned long long>(first.pages_cold),
+              static_cast<unsigned long long>(first.pages_ready),
+              static_cast<unsigned long long>(again.pages_reserve),
+              static_cast<unsigned long long>(again.pages_cold - first.pages_cold));
+  for (void* p : v) am_free(p);
+  return 0;
+}
+
+TEST(ClassStats, PagesTakenColdAndFromTheReserve) {
+  auto r = amt::run_scenario("class_pages_taken",
+                             {{"AMALLOC_PREDICT", "1"}, {"AMALLOC_PURGE_DELAY", "600000"}});
+  ASSERT_TRUE(r.exited_ok()) << r.describe();
+  // The first burst's pages are cold, or built ahead by the worker.
+  EXPECT_GE(amt::value_of(r.out, "COLD") + amt::value_of(r.out, "READY"), 250) << r.describe();
+  EXPECT_GE(amt::value_of(r.out, "RESERVE_TAKEN"), 200) << r.describe();
+  EXPECT_LT(amt::value_of(r.out, "COLD_AGAIN"), 50) << r.describe();
+}
+
 // committed_bytes counts what is resident: a segment whose pages the decay
 // purged one by one goes to the cache with only its dirty pages counted
 // (it used to count 4 MiB), and pages in the burst reserve count.
