@@ -24,15 +24,22 @@ struct Obj {
   std::uint64_t seed;
 };
 
-// Blocks written in full, then all but every tenth freed: sparse pages.
-std::vector<Obj> sparse() {
-  std::vector<Obj> all;
-  for (std::size_t i = 0; i < kCount; i++) {
+// `count` blocks, each written in full with the pattern of its seed (seeds
+// from `first`).
+std::vector<Obj> allocate(std::size_t count, std::uint64_t first) {
+  std::vector<Obj> v;
+  for (std::size_t i = 0; i < count; i++) {
     auto* p = static_cast<unsigned char*>(am_malloc(kSize));
     if (!p) std::exit(20);
-    amt::fill_pattern(p, kSize, i);
-    all.push_back({p, i});
+    amt::fill_pattern(p, kSize, first + i);
+    v.push_back({p, first + i});
   }
+  return v;
+}
+
+// Blocks written in full, then all but every tenth freed: sparse pages.
+std::vector<Obj> sparse() {
+  std::vector<Obj> all = allocate(kCount, 0);
   std::vector<Obj> kept;
   for (const Obj& o : all)
     if (o.seed % 10 == 0)
@@ -63,13 +70,7 @@ AMT_SCENARIO(trim_sparse_pages) {
   print("KEPT_BAD", bad(kept));
   // The trimmed blocks serve allocations again, and read back what is
   // written into them.
-  std::vector<Obj> fresh;
-  for (std::size_t i = 0; i < kCount / 2; i++) {
-    auto* p = static_cast<unsigned char*>(am_malloc(kSize));
-    if (!p) return 21;
-    amt::fill_pattern(p, kSize, 1000000 + i);
-    fresh.push_back({p, 1000000 + i});
-  }
+  std::vector<Obj> fresh = allocate(kCount / 2, 1000000);
   print("FRESH_BAD", bad(fresh));
   print("KEPT_BAD_AFTER", bad(kept));
   for (const Obj& o : kept) am_free(o.p);
@@ -116,13 +117,7 @@ AMT_SCENARIO(trim_with_remote_frees) {
   am_collect(0);
   print("THEIRS_BAD", theirs_bad);
   print("MINE_BAD", bad(mine));
-  std::vector<Obj> fresh;
-  for (std::size_t i = 0; i < kCount; i++) {
-    auto* p = static_cast<unsigned char*>(am_malloc(kSize));
-    if (!p) return 21;
-    amt::fill_pattern(p, kSize, 2000000 + i);
-    fresh.push_back({p, 2000000 + i});
-  }
+  std::vector<Obj> fresh = allocate(kCount, 2000000);
   print("FRESH_BAD", bad(fresh));
   for (const Obj& o : mine) am_free(o.p);
   for (const Obj& o : fresh) am_free(o.p);
@@ -140,26 +135,14 @@ TEST(Trim, RemoteFreesDuringTrimming) {
 // The page allocation goes on in is trimmed too once it stayed idle for a
 // pass, past the free blocks its next allocations take first.
 AMT_SCENARIO(trim_head_page) {
-  std::vector<Obj> all;
-  for (std::size_t i = 0; i < 40; i++) {  // one 512 KiB page of 12 KiB blocks
-    auto* p = static_cast<unsigned char*>(am_malloc(kSize));
-    if (!p) return 21;
-    amt::fill_pattern(p, kSize, i);
-    all.push_back({p, i});
-  }
+  std::vector<Obj> all = allocate(40, 0);  // one 512 KiB page of 12 KiB blocks
   std::vector<Obj> kept(all.begin(), all.begin() + 4);
   for (std::size_t i = 4; i < all.size(); i++) am_free(all[i].p);
   am_collect(0);  // the head page is seen idle here,
   am_collect(0);  // and trimmed at the next pass
   print("TRIMMED_KIB", amt::stats().trimmed_bytes / 1024);
   print("KEPT_BAD", bad(kept));
-  std::vector<Obj> again;
-  for (std::size_t i = 0; i < 36; i++) {
-    auto* p = static_cast<unsigned char*>(am_malloc(kSize));
-    if (!p) return 22;
-    amt::fill_pattern(p, kSize, 500 + i);
-    again.push_back({p, 500 + i});
-  }
+  std::vector<Obj> again = allocate(36, 500);
   print("AGAIN_BAD", bad(again));
   for (const Obj& o : kept) am_free(o.p);
   for (const Obj& o : again) am_free(o.p);
