@@ -44,6 +44,8 @@ void print_options() {
       .num(g_options.stats)
       .str(" bad_free=")
       .str(g_options.bad_free == kBadFreeAbort ? "abort" : "report")
+      .str(" purge=")
+      .str(g_options.purge_free ? "free" : "dontneed")
       .str(" purge_delay=")
       .num(g_options.purge_delay_ms)
       .str("ms segment_cache=")

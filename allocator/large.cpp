@@ -49,9 +49,10 @@ void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
     s->used_pages = 1;
   }
   stats_add(g_os_stats.large_allocs, 1);
-  // Only the part a previous user touched needs zeroing.
-  if (zero && s->dirty_end > off)
-    memset(pg->start, 0, size < s->dirty_end - off ? size : s->dirty_end - off);
+  // Only the part a previous user touched needs zeroing (all of it when
+  // MADV_FREE may have left old bytes in purged pages).
+  size_t dirty = s->lazy ? s->mapped_size : s->dirty_end;
+  if (zero && dirty > off) memset(pg->start, 0, size < dirty - off ? size : dirty - off);
   return pg->start;
 }
 

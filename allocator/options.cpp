@@ -57,6 +57,13 @@ bool options_init() {
         g_options.bad_free = kBadFreeReport;
       else
         warn_unknown(*e);
+    } else if (starts_with(*e, "AMALLOC_PURGE=", &v)) {
+      if (equals(v, "free"))
+        g_options.purge_free = 1;
+      else if (equals(v, "dontneed"))
+        g_options.purge_free = 0;
+      else
+        warn_unknown(*e);
     } else if (starts_with(*e, "AMALLOC_PURGE_DELAY=", &v)) {
       g_options.purge_delay_ms = parse_u32(v, g_options.purge_delay_ms);
     } else if (starts_with(*e, "AMALLOC_SEGMENT_CACHE=", &v)) {

@@ -26,6 +26,9 @@ struct Options {
   // AMALLOC_TRIM=0: sparse pages keep the free OS pages inside their free
   // blocks (allocator/trim.cpp)
   uint8_t trim = 1;
+  // AMALLOC_PURGE=free: purge with MADV_FREE (the kernel takes the pages
+  // when it needs them; RSS does not fall until then) instead of MADV_DONTNEED
+  uint8_t purge_free = 0;
   // AMALLOC_PURGE_DELAY=ms: the half-life of free resident memory (0: purge at once)
   uint32_t purge_delay_ms = 100;
   // AMALLOC_EPOCH_WARN_MS=ms: name a thread pinned this long (0: never)

@@ -16,6 +16,7 @@
 #include <atomic>
 
 #include "allocator/config.h"
+#include "allocator/options.h"
 #include "allocator/stats.h"
 
 namespace am {
@@ -87,8 +88,10 @@ void os_unmap(void* p, size_t size) {
 
 void os_purge(void* p, size_t size) {
   ErrnoGuard guard;
-  // MADV_DONTNEED, not MADV_FREE: RSS drops now, so it tells the truth.
-  madvise(p, size, MADV_DONTNEED);
+  // MADV_DONTNEED by default: RSS drops now, so it tells the truth.
+  // MADV_FREE (AMALLOC_PURGE=free) leaves the pages until the kernel needs
+  // them; a kernel without it gets MADV_DONTNEED.
+  if (!g_options.purge_free || madvise(p, size, MADV_FREE) != 0) madvise(p, size, MADV_DONTNEED);
   stats_add(g_os_stats.purged_bytes, size);
   stats_add(g_os_stats.purge_calls, 1);
 }

@@ -131,6 +131,7 @@ Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
   // With AMALLOC_MESH, pages live in the memory file (large blocks never).
   bool file_backed = g_options.mesh && kind != kSegLarge;
   Segment* s = cache_take(need_end, size, max_size, file_backed);
+  const bool cached = s != nullptr;
   size_t dirty_end = 0;
   uint64_t cached_at = 0;
   size_t mapped = size;
@@ -157,6 +158,7 @@ Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
   }
   s->kind = kind;
   s->file_backed = file_backed;
+  s->lazy = cached && g_options.purge_free;
   s->mapped_size = mapped;
   s->dirty_end = dirty_end;
   uint32_t span = static_cast<uint32_t>(page_slots(s));

@@ -94,6 +94,9 @@ struct Segment {
   // Page slots are a shared mapping of the memory file at an offset equal
   // to their address (AMALLOC_MESH, allocator/filemap.cpp).
   uint8_t file_backed;
+  // Taken from the cache with AMALLOC_PURGE=free: pages purged since may
+  // still hold old bytes, so a large calloc zeroes all it hands out.
+  uint8_t lazy;
   uint32_t used_pages;
   size_t mapped_size;  // bytes mapped at this address
   Segment* next;       // partial list or segment cache

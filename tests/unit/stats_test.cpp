@@ -477,6 +477,51 @@ TEST(Stats, CommittedCountsTheBurstReserve) {
                              << r.describe();
 }
 
+// AMALLOC_PURGE=free: purges use MADV_FREE. The kernel keeps the pages
+// (LazyFree) until it needs them, and they may hold their old bytes: a
+// large calloc that reuses them must still return zeros.
+long lazy_free_kb() {
+  std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+  if (!f) return -1;
+  char line[256];
+  long kb = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "LazyFree: %ld kB", &kb) == 1) break;
+  std::fclose(f);
+  return kb;
+}
+
+AMT_SCENARIO(purge_with_madv_free) {
+  std::vector<void*> v;
+  for (int i = 0; i < 8192; ++i) {  // 32 MiB of 4 KiB blocks
+    v.push_back(am_malloc(4096));
+    std::memset(v.back(), 0x5A, 4096);
+  }
+  for (void* p : v) am_free(p);
+  am_collect(1);
+  std::printf("LAZY_KB %ld\n", lazy_free_kb());
+  constexpr std::size_t kBig = 1u << 20;
+  void* big = am_malloc(kBig);
+  std::memset(big, 0xAB, kBig);
+  am_free(big);   // its segment goes to the cache,
+  am_collect(1);  // and is purged there, bytes and all
+  auto* z = static_cast<unsigned char*>(am_calloc(1, kBig));
+  std::printf("CALLOC_NONZERO %zu\n",
+              z ? (amt::check_bytes(z, kBig, 0) == SIZE_MAX ? 0 : 1) : std::size_t{2});
+  am_free(z);
+  return 0;
+}
+
+TEST(Purge, FreeAdviceLeavesLazyFreePagesAndCallocStillZeroes) {
+  auto r = amt::run_scenario("purge_with_madv_free",
+                             {{"AMALLOC_PURGE", "free"}, {"AMALLOC_BACKGROUND", "0"}});
+  ASSERT_TRUE(r.exited_ok()) << r.describe();
+  EXPECT_EQ(amt::value_of(r.out, "CALLOC_NONZERO"), 0) << r.describe();
+  long lazy = amt::value_of(r.out, "LAZY_KB");
+  if (lazy < 0) GTEST_SKIP() << "no LazyFree in /proc/self/smaps_rollup";
+  EXPECT_GE(lazy, 16 * 1024) << "MADV_FREE was not used\n" << r.describe();
+}
+
 // ---- reports -------------------------------------------------------------------
 
 TEST(Report, StatsPrintFirstLineHasVersion) {
