@@ -59,8 +59,14 @@ void* worker(void*) {
   // no longer preempt the thread running where it wakes. Under the default
   // policy each 2 ms tick of a burst preempted an application thread for a
   // page build: bursty's p99.9 with the predictor was 9 us, 3.5 us with it.
-  sched_param batch{};
-  pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch);
+  // A real-time policy inherited from the creator is kept.
+  int policy = SCHED_OTHER;
+  sched_param param{};
+  pthread_getschedparam(pthread_self(), &policy, &param);
+  if (policy == SCHED_OTHER) {
+    param.sched_priority = 0;
+    pthread_setschedparam(pthread_self(), SCHED_BATCH, &param);
+  }
   while (!g_stop.load(std::memory_order_acquire)) {
     uint64_t next = tick(os_now_ms());
     uint64_t now = os_now_ms();

@@ -20,6 +20,20 @@ int g_fork_fd = -1;  // the copy a fork's child moves to
 // descriptor (at the limit, the fork used to abort). The copy's own
 // descriptor closes after the fork, so its replacement always fits.
 int g_spare_fd = -1;
+uint64_t g_spare_id;  // os_file_id of the spare when it was made
+
+void make_spare() {
+  g_spare_fd = os_file_create();
+  g_spare_id = g_spare_fd >= 0 ? os_file_id(g_spare_fd) : 0;
+}
+
+// The spare, unless the application closed it (and maybe opened another
+// file on its number, which must not be written into or closed).
+int take_spare() {
+  int fd = g_spare_fd;
+  g_spare_fd = -1;
+  return fd >= 0 && g_spare_id != 0 && os_file_id(fd) == g_spare_id ? fd : -1;
+}
 bool g_fork_held;  // the fork made the slots read-only
 std::atomic<uint8_t> g_fork_busy;
 int g_fork_pid, g_fork_tid;  // the forking process and thread
@@ -169,7 +183,7 @@ Segment* filemap_segment_map() {
   if (g_fd < 0) {
     if (g_failed) return nullptr;
     g_fd = os_file_create();
-    g_spare_fd = g_fd >= 0 ? os_file_create() : -1;
+    if (g_fd >= 0) make_spare();
     if (g_spare_fd < 0 || !install_handler()) {
       if (g_fd >= 0) os_file_close(g_fd);
       if (g_spare_fd >= 0) os_file_close(g_spare_fd);
@@ -223,8 +237,8 @@ void filemap_unhold() {
 
 void filemap_fork_prepare() {
   if (g_fd < 0) return;
-  g_fork_fd = g_spare_fd >= 0 ? g_spare_fd : os_file_create();
-  g_spare_fd = -1;
+  g_fork_fd = take_spare();
+  if (g_fork_fd < 0) g_fork_fd = os_file_create();
   if (g_fork_fd < 0) die("cannot make a memory file for the child's heap");
   g_fork_pid = os_getpid();
   g_fork_tid = os_gettid();
@@ -261,7 +275,7 @@ void filemap_fork_parent() {
   if (g_fork_fd < 0) return;
   os_file_close(g_fork_fd);
   g_fork_fd = -1;
-  g_spare_fd = os_file_create();  // if this fails, the next fork tries again
+  make_spare();  // if this fails, the next fork tries again
   if (g_fork_held)
     each_file_segment([](Segment* s, bool) { os_protect(data_of(s), kDataSize, true); });
   g_fork_busy.store(0, std::memory_order_seq_cst);
@@ -302,10 +316,11 @@ void child_switch() {
 }  // namespace
 
 void filemap_fork_child() {
+  g_hold_waiters.store(0, std::memory_order_relaxed);  // the waiters were the parent's threads
   bool forked = g_fork_stdio;
   child_switch();
   if (!forked) return;
-  g_spare_fd = os_file_create();  // the parent's file is closed: it fits
+  make_spare();  // the parent's file is closed: it fits
   // glibc resets the FILE list lock in the child of a multithreaded
   // parent only; ours must go either way.
   os_stdio_list_reset();

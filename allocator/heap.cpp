@@ -147,6 +147,7 @@ Page* page_new(Heap* h, unsigned cls) {
     pg->owner_fast.store(h, std::memory_order_relaxed);
     pg->next = pg->prev = nullptr;
     page_collect(pg);
+    pg->trim_used = pg->trim_seen = 0;  // measured afresh by its new owner
     h->pages_adopted++;
   } else {
     page_init(pg, cls, h);  // blocks are carved as they are needed

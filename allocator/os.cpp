@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -142,6 +143,13 @@ int os_file_create() {
     return -1;
   }
   return fd;
+}
+
+uint64_t os_file_id(int fd) {
+  ErrnoGuard guard;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return 0;
+  return static_cast<uint64_t>(st.st_ino) ^ (static_cast<uint64_t>(st.st_dev) << 40);
 }
 
 void os_file_close(int fd) {

@@ -21,6 +21,9 @@ void* os_remap_aligned(void* p, size_t old_size, size_t new_size, size_t align);
 // offset. -1 on failure.
 int os_file_create();
 void os_file_close(int fd);
+// The inode of an open descriptor (0 if it is not open): tells a memory
+// file we made from a file the application opened on a reused number.
+uint64_t os_file_id(int fd);
 // Map `size` bytes of `fd` at offset `off` over [p, p + size), shared and
 // read-write. False on failure.
 bool os_map_file(void* p, size_t size, int fd, uint64_t off);

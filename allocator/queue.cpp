@@ -34,6 +34,7 @@ void head_changed(Heap* h, unsigned cls, Page* old_head) {
   if (head) {
     head->is_head = 1;
     head->used++;
+    head->trim_used = 0;  // allocated from again: trimmed afresh when it thins out
   }
   const DirectRange r = kDirectRange[cls];
   Page* target = head ? head : &g_empty_page;

@@ -163,7 +163,7 @@ Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
   s->dirty_end = dirty_end;
   uint32_t span = static_cast<uint32_t>(page_slots(s));
   for (uint32_t i = 0; i < kMaxPages && kind != kSegLarge; i++) {
-    s->pages[i].dirty = dirty_end >= (size_t{i} + span) << kSlotShift;
+    s->pages[i].dirty = dirty_end > size_t{i} << kSlotShift;  // any part of it
     s->pages[i].retired_at = cached_at;
     if (kind == kSegMedium && i >= kFirstSlot)
       s->pages[i].span_off = static_cast<uint8_t>((i - kFirstSlot) % span);
@@ -186,10 +186,15 @@ void segment_give_back(Segment* s, uint64_t now) {
     } else {
       // Up to the last page slot not purged yet (slot 0 too with meshing:
       // its live bitmaps): the decay purges a segment's pages one by one.
-      size_t end = s->file_backed ? kSlotSize : kHeaderBytes;
+      // Slots past the last page (a medium segment's last seven) may hold
+      // what an earlier life of the segment left: those keep the old mark.
+      size_t end = s->file_backed ? kSlotSize : kHeaderBytes, tail = 0;
       size_t span = page_slots(s);
-      for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(span))
-        if (s->pages[i].dirty) end = (i + span) << kSlotShift;
+      for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(span)) {
+        tail = (i + span) << kSlotShift;
+        if (s->pages[i].dirty) end = tail;
+      }
+      if (s->dirty_end > tail && s->dirty_end > end) end = s->dirty_end;
       s->dirty_end = end;
     }
     if (s->dirty_end > s->mapped_size) s->dirty_end = s->mapped_size;
@@ -419,6 +424,13 @@ void segment_for_each_locked(void (*f)(Segment* s, bool cached, void* ctx), void
   for (Segment* s = g_cache; s; s = s->next) f(s, true, ctx);
 }
 
+// Blocks in use, from a read its owner may race (it moves the head's
+// bias and `used` apart): never below zero.
+AM_APPROXIMATE_READS uint32_t live_blocks(const Page& pg) {
+  uint32_t used = pg.used, head = pg.is_head;
+  return used > head ? used - head : 0;
+}
+
 AM_APPROXIMATE_READS void segment_class_totals_locked(ClassTotals* out) {
   for (unsigned c = 0; c < kNumClasses; c++) out[c] = ClassTotals{};
   for (Segment* s = g_all; s; s = s->all_next) {
@@ -432,7 +444,7 @@ AM_APPROXIMATE_READS void segment_class_totals_locked(ClassTotals* out) {
         continue;
       }
       t.pages++;
-      t.live += pg.meshed ? mesh_live_blocks(&pg) : pg.used - pg.is_head;
+      t.live += pg.meshed ? mesh_live_blocks(&pg) : live_blocks(pg);
       t.carved += pg.capacity;
       t.meshed += pg.meshed;
     }
@@ -460,7 +472,7 @@ AM_APPROXIMATE_READS SegmentTotals segment_totals_locked() {
         t.committed += page_area_size(s);  // in the burst reserve: resident, carved again later
       } else if (pg.in_use) {
         t.pages_in_use++;
-        uint32_t live = pg.meshed ? mesh_live_blocks(&s->pages[i]) : pg.used - pg.is_head;
+        uint32_t live = pg.meshed ? mesh_live_blocks(&s->pages[i]) : live_blocks(pg);
         t.in_use += uint64_t{live} * pg.block_size;
         // A meshed page's memory is its group's first page's.
         if (!pg.meshed || pg.mesh_primary == &pg)

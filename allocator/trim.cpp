@@ -1,5 +1,6 @@
 #include "allocator/trim.h"
 
+#include "allocator/heap.h"
 #include "allocator/page.h"
 #include "allocator/segment.h"
 #include "allocator/stats.h"
@@ -11,9 +12,9 @@ namespace {
 constexpr size_t kHotBytes = 64 * 1024;
 
 // Worth a look: blocks with whole OS pages inside, a quarter live or less,
-// not the page allocation goes on in, and not trimmed since an eighth of
-// its blocks more were freed (a trimmed page keeps its used count in
-// trim_used; fresh pages have 0 there).
+// and not trimmed since an eighth of its blocks more were freed (a trimmed
+// page keeps its used count in trim_used; 0 for a page never trimmed since
+// it was last its queue's head, queue.cpp).
 bool wants_trim(const Page* pg) {
   return pg->block_size > kOsPage && pg->used > 0 && pg->used * 4 <= pg->capacity &&
          (pg->trim_used == 0 || pg->used + pg->reserved / 8 <= pg->trim_used) &&
@@ -64,9 +65,14 @@ void trim_heap(Heap* h, uint64_t now, uint32_t max_calls) {
   for (unsigned k = 0; k < kNumClasses && calls < max_calls; k++, c = (c + 1) % kNumClasses) {
     h->trim_next_class = static_cast<uint8_t>(c);
     if (kClassSize[c] <= kOsPage) continue;
-    for (Page* pg = h->queues[c].first; pg && calls < max_calls; pg = pg->next) {
+    for (Page* pg = h->queues[c].first; pg && calls < max_calls;) {
+      Page* next = pg->next;
       page_collect(pg);
-      if (wants_trim(pg) && (!pg->is_head || idle_since_last_pass(pg))) calls += trim_page(pg);
+      if (page_is_empty(pg) && !pg->is_head)
+        heap_page_empty(h, pg);  // the remote frees just collected emptied it
+      else if (wants_trim(pg) && (!pg->is_head || idle_since_last_pass(pg)))
+        calls += trim_page(pg);
+      pg = next;
     }
   }
   // A pass that did nothing backs off; one that did comes back soon.

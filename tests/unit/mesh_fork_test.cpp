@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -237,6 +238,52 @@ TEST(Mesh, ForkAtTheDescriptorLimit) {
   ASSERT_EQ(value_of(c.out, "EMFILE"), 1) << "the set-up did not reach the limit\n" << c.describe();
   EXPECT_EQ(value_of(c.out, "FORKS_OK"), 3) << c.describe();
   EXPECT_EQ(value_of(c.out, "PARENT_BAD"), 0) << c.describe();
+}
+
+// The spare memory file is made ahead of the fork; an application that
+// closes its descriptor and opens a file on the same number keeps its file
+// (the fork makes another memory file).
+AMT_SCENARIO(mesh_fork_after_the_spare_was_closed) {
+  std::vector<Block> kept = make_sparse(false);
+  mesh();
+  int spare = -1;
+  for (int fd = 3; fd < 4096; fd++) {  // the spare is made after the heap's file
+    char path[64], link[256];
+    std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    if (n <= 0) continue;
+    link[n] = 0;
+    if (std::strstr(link, "memfd:amalloc")) spare = fd;
+  }
+  if (spare < 0) return 3;
+  close(spare);
+  char name[] = "/tmp/amalloc-spare-XXXXXX";
+  int mine = mkstemp(name);
+  unlink(name);
+  std::printf("SAME_NUMBER %d\n", mine == spare ? 1 : 0);
+  std::fflush(stdout);
+  pid_t pid = fork();
+  if (pid < 0) return 4;
+  if (pid == 0) _exit(bad_blocks(kept, 0, "child") == 0 ? 0 : 1);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  struct stat st {};
+  bool still_mine = fstat(mine, &st) == 0 && st.st_size == 0 && write(mine, "x", 1) == 1;
+  std::printf("CHILD %d\nSTILL_MINE %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : 100,
+              still_mine ? 1 : 0);
+  close(mine);
+  free_all(kept);
+  return 0;
+}
+
+TEST(Mesh, ForkAfterTheApplicationReusedTheSpareDescriptor) {
+  auto c = amt::run_scenario("mesh_fork_after_the_spare_was_closed", kEnv);
+  ASSERT_TRUE(c.exited_ok()) << "amalloc aborted the fork?\n" << c.describe();
+  if (unmeshed_under_sanitizer(c)) GTEST_SKIP() << kNoMeshUnderSanitizer;
+  ASSERT_EQ(value_of(c.out, "SAME_NUMBER"), 1) << c.describe();
+  EXPECT_EQ(value_of(c.out, "CHILD"), 0) << c.describe();
+  EXPECT_EQ(value_of(c.out, "STILL_MINE"), 1) << "the heap was copied into the file\n"
+                                              << c.describe();
 }
 
 // amalloc's SIGSEGV handler (installed with the first page in the memory

@@ -1,6 +1,7 @@
 // am_stats_get, am_collect and purging, am_stats_print(_json), and the
 // AMALLOC_PURGE_DELAY / AMALLOC_STATS options (in child processes).
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
 #include <chrono>
 #include <cstdio>
@@ -520,6 +521,52 @@ TEST(Purge, FreeAdviceLeavesLazyFreePagesAndCallocStillZeroes) {
   long lazy = amt::value_of(r.out, "LAZY_KB");
   if (lazy < 0) GTEST_SKIP() << "no LazyFree in /proc/self/smaps_rollup";
   EXPECT_GE(lazy, 16 * 1024) << "MADV_FREE was not used\n" << r.describe();
+}
+
+// A cached segment reused as another kind (a small one as medium, whose
+// pages end at slot 56) keeps track of what its earlier life left resident
+// past its pages: a forced purge returns all of it.
+std::size_t resident_kib(std::uintptr_t from, std::size_t bytes) {
+  std::vector<unsigned char> v(bytes / 4096);
+  if (mincore(reinterpret_cast<void*>(from), bytes, v.data()) != 0) return SIZE_MAX;
+  std::size_t n = 0;
+  for (unsigned char c : v) n += c & 1;
+  return n * 4;
+}
+
+AMT_SCENARIO(segment_changes_kind) {
+  constexpr std::uintptr_t kSeg = 4u << 20;
+  std::uintptr_t seg = 0, seg2 = 0;
+  std::thread([&] {  // fills a small segment, frees it all, exits
+    std::vector<void*> v;
+    for (int i = 0; i < 4032; i++) {
+      v.push_back(am_malloc(1024));
+      std::memset(v.back(), 1, 1024);
+    }
+    seg = reinterpret_cast<std::uintptr_t>(v[0]) & ~(kSeg - 1);
+    for (void* p : v) am_free(p);
+  })
+      .join();
+  std::printf("TAIL_BEFORE_KIB %zu\n", resident_kib(seg + (57u << 16), 7u << 16));
+  std::thread([&] {  // a medium page in the same (cached) segment
+    void* p = am_malloc(16384);
+    std::memset(p, 2, 16384);
+    seg2 = reinterpret_cast<std::uintptr_t>(p) & ~(kSeg - 1);
+    am_free(p);
+  })
+      .join();
+  am_collect(1);
+  std::printf("SAME_SEGMENT %d\nTAIL_AFTER_KIB %zu\n", seg2 == seg ? 1 : 0,
+              resident_kib(seg + (57u << 16), 7u << 16));
+  return 0;
+}
+
+TEST(Purge, ASegmentReusedAsAnotherKindIsPurgedWhole) {
+  auto r = amt::run_scenario("segment_changes_kind", {{"AMALLOC_BACKGROUND", "0"}});
+  ASSERT_TRUE(r.exited_ok()) << r.describe();
+  if (amt::value_of(r.out, "SAME_SEGMENT") != 1 || amt::value_of(r.out, "TAIL_BEFORE_KIB") == 0)
+    GTEST_SKIP() << "the medium page went to another segment\n" << r.describe();
+  EXPECT_EQ(amt::value_of(r.out, "TAIL_AFTER_KIB"), 0) << r.describe();
 }
 
 // ---- reports -------------------------------------------------------------------

@@ -157,3 +157,34 @@ TEST(Trim, TheHeadPageKeepsItsFirstFreeBlocks) {
   EXPECT_EQ(amt::value_of(c.out, "KEPT_BAD"), 0) << c.describe();
   EXPECT_EQ(amt::value_of(c.out, "AGAIN_BAD"), 0) << c.describe();
 }
+
+// A page trimmed once, filled again and thinned out again is trimmed again.
+AMT_SCENARIO(trim_after_a_refill) {
+  std::vector<Obj> all = allocate(43, 0);  // page P: the first 42 blocks
+  auto* lo = all[0].p;
+  auto in_p = [lo](const Obj& o) { return o.p >= lo && o.p < lo + 512 * 1024; };
+  for (std::size_t i = 2; i < 42; i++) am_free(all[i].p);  // P: 2 live
+  std::uint64_t t0 = amt::stats().trimmed_bytes;
+  am_collect(0);
+  print("FIRST_KIB", (amt::stats().trimmed_bytes - t0) / 1024);
+  std::vector<Obj> refill, in_page;
+  for (std::size_t i = 0; i < 120 && in_page.size() < 40; i++) {
+    refill.push_back(allocate(1, 100 + i)[0]);
+    if (in_p(refill.back())) in_page.push_back(refill.back());
+  }
+  print("REFILLED", in_page.size());
+  for (const Obj& o : in_page) am_free(o.p);  // P: 2 live again
+  t0 = amt::stats().trimmed_bytes;
+  am_collect(0);
+  am_collect(0);
+  print("SECOND_KIB", (amt::stats().trimmed_bytes - t0) / 1024);
+  return 0;
+}
+
+TEST(Trim, APageIsTrimmedAgainAfterARefill) {
+  auto c = amt::run_scenario("trim_after_a_refill", {{"AMALLOC_BACKGROUND", "0"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  ASSERT_EQ(amt::value_of(c.out, "REFILLED"), 40) << c.describe();
+  EXPECT_GT(amt::value_of(c.out, "FIRST_KIB"), 200) << c.describe();
+  EXPECT_GT(amt::value_of(c.out, "SECOND_KIB"), 200) << c.describe();
+}
