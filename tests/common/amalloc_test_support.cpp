@@ -126,6 +126,13 @@ std::size_t rss_bytes() {
   return got == 2 ? resident * page_size() : 0;
 }
 
+namespace {
+std::uint64_t g_bad_frees_mark;
+}
+
+void mark_bad_frees() { g_bad_frees_mark = stats().bad_frees; }
+std::uint64_t bad_frees_since_mark() { return stats().bad_frees - g_bad_frees_mark; }
+
 long long value_of(const std::string& out, const std::string& key) {
   std::istringstream is(out);
   std::string line;

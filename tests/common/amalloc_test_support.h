@@ -92,6 +92,10 @@ std::size_t rss_bytes();
 long long value_of(const std::string& out, const std::string& key);
 std::size_t page_size();
 am_stats_t stats();
+// Bad frees counted since the last mark (the unit tests mark at the start
+// of every test).
+void mark_bad_frees();
+std::uint64_t bad_frees_since_mark();
 
 inline bool is_aligned(const void* p, std::size_t a) {
   return (reinterpret_cast<std::uintptr_t>(p) & (a - 1)) == 0;

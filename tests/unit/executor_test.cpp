@@ -60,7 +60,7 @@ void shuffle(std::vector<T>& v, amt::Rng& rng) {
   for (std::size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[rng.below(i)]);
 }
 
-u64 bad_frees() { return amt::stats().bad_frees; }
+u64 bad_frees() { return amt::bad_frees_since_mark(); }
 
 // ---- a small awaitable task ------------------------------------------------
 

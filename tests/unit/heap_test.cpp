@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include "amalloc_test_support.h"
+
 namespace {
 
 TEST(Heap, BindMakesMallocComeFromTheHeap) {
@@ -75,9 +77,7 @@ TEST(Heap, DeleteKeepsLiveBlocksValid) {
   }).join();
   for (size_t i = 1; i < blocks.size(); i += 2) am_free(blocks[i]);
   am_free(large);
-  am_stats_t s;
-  am_stats_get(&s);
-  EXPECT_EQ(s.bad_frees, 0u);
+  EXPECT_EQ(amt::bad_frees_since_mark(), 0u);
 }
 
 TEST(Heap, CallocReallocMemalignFromAHeap) {
