@@ -369,7 +369,7 @@ void heap_idle_work(Heap* h, bool collect, bool tick) {
   if (tick) {
     maintenance_maybe();
     mesh_maybe(h);
-    trim_maybe(h);
+    trim_maybe(h, kTrimUsIdle);
   }
 }
 
@@ -401,7 +401,7 @@ void* heap_alloc_class(Heap* h, unsigned cls) {
     }
     maintenance_maybe();
     mesh_maybe(h);
-    trim_maybe(h);
+    trim_maybe(h, kTrimUsSlowPath);
     if (!page_new(h, cls)) {
       errno = ENOMEM;
       return nullptr;

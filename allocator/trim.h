@@ -20,21 +20,25 @@ namespace am {
 
 // At most one pass per heap this often (ms); a pass that finds nothing to
 // trim doubles the wait, up to kTrimMaxWaitMs.
-constexpr uint32_t kTrimEveryMs = 20;
+constexpr uint32_t kTrimEveryMs = 5;
 constexpr uint32_t kTrimMaxWaitMs = 100;
-// madvise calls per pass: about a quarter of a millisecond of the owner's
-// time when it runs at a slow path.
-constexpr uint32_t kTrimCallsPerPass = 1024;
+// The time a pass may take (us). An madvise call costs 1.6 us here when
+// the process runs one thread, 12 us when another of its threads runs on
+// another core (the TLB shootdown interrupts it), so a budget in calls
+// would be 8x too long or too short: a slow path stops after 200 us (at
+// most every 5 ms: 4% of a thread's time while there is work), an idle
+// point, where the executor is about to block, after 1 ms.
+constexpr uint32_t kTrimUsSlowPath = 200;
+constexpr uint32_t kTrimUsIdle = 1000;
 
-// One pass over `h`'s queues: at most `max_calls` madvise calls, resuming
-// at the class where the last pass stopped.
-// am_collect passes no limit.
-void trim_heap(Heap* h, uint64_t now, uint32_t max_calls = kTrimCallsPerPass);
+// One pass over `h`'s queues, for at most `max_us` (am_collect passes no
+// limit), resuming at the class where the last pass stopped.
+void trim_heap(Heap* h, uint64_t now, uint32_t max_us);
 
-inline void trim_maybe(Heap* h) {
+inline void trim_maybe(Heap* h, uint32_t max_us) {
   if (!g_options.trim) return;
   uint64_t now = os_now_ms();
-  if (now - h->last_trim_ms >= h->trim_every_ms) trim_heap(h, now);
+  if (now - h->last_trim_ms >= h->trim_every_ms) trim_heap(h, now, max_us);
 }
 
 }  // namespace am
