@@ -21,20 +21,7 @@ int g_fork_fd = -1;  // the copy a fork's child moves to
 // descriptor closes after the fork, so its replacement always fits.
 int g_spare_fd = -1;
 uint64_t g_spare_id;  // os_file_id of the spare when it was made
-
-void make_spare() {
-  g_spare_fd = os_file_create();
-  g_spare_id = g_spare_fd >= 0 ? os_file_id(g_spare_fd) : 0;
-}
-
-// The spare, unless the application closed it (and maybe opened another
-// file on its number, which must not be written into or closed).
-int take_spare() {
-  int fd = g_spare_fd;
-  g_spare_fd = -1;
-  return fd >= 0 && g_spare_id != 0 && os_file_id(fd) == g_spare_id ? fd : -1;
-}
-bool g_fork_held;  // the fork made the slots read-only
+bool g_fork_held;     // the fork made the slots read-only
 std::atomic<uint8_t> g_fork_busy;
 int g_fork_pid, g_fork_tid;  // the forking process and thread
 bool g_fork_stdio;           // prepare holds glibc's FILE list lock
@@ -79,6 +66,19 @@ __thread uintptr_t t_fault_at __attribute__((tls_model("initial-exec")));
 __thread uint32_t t_fault_repeats __attribute__((tls_model("initial-exec")));
 
 void child_switch();
+
+void make_spare() {
+  g_spare_fd = os_file_create();
+  g_spare_id = g_spare_fd >= 0 ? os_file_id(g_spare_fd) : 0;
+}
+
+// The spare, unless the application closed it (and maybe opened another
+// file on its number, which must not be written into or closed).
+int take_spare() {
+  int fd = g_spare_fd;
+  g_spare_fd = -1;
+  return fd >= 0 && g_spare_id != 0 && os_file_id(fd) == g_spare_id ? fd : -1;
+}
 
 // Sleeps until `a` is no longer held (a timeout guards against a missed
 // wake-up, which the order of the accesses below should rule out).

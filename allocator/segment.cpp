@@ -427,10 +427,18 @@ void segment_for_each_locked(void (*f)(Segment* s, bool cached, void* ctx), void
 }
 
 // Blocks in use, from a read its owner may race (it moves the head's
-// bias and `used` apart): never below zero.
-AM_APPROXIMATE_READS uint32_t live_blocks(const Page& pg) {
+// bias and `used` apart): never below zero. A meshed page's come from its
+// live bitmap (its `used` is the count it had when it was merged).
+AM_APPROXIMATE_READS uint32_t live_blocks(Page& pg) {
+  if (pg.meshed) return mesh_live_blocks(&pg);
   uint32_t used = pg.used, head = pg.is_head;
   return used > head ? used - head : 0;
+}
+
+// A page of the burst reserve: in use, owned by no heap, carved again from
+// zero when taken (predict.cpp).
+AM_APPROXIMATE_READS bool in_reserve(const Page& pg) {
+  return pg.in_use && pg.capacity == 0 && !pg.heap.load(std::memory_order_relaxed);
 }
 
 AM_APPROXIMATE_READS void segment_class_totals_locked(ClassTotals* out) {
@@ -441,12 +449,12 @@ AM_APPROXIMATE_READS void segment_class_totals_locked(ClassTotals* out) {
       Page& pg = s->pages[i];
       if (!pg.in_use || pg.cls >= kNumClasses) continue;
       ClassTotals& t = out[pg.cls];
-      if (pg.capacity == 0 && !pg.heap.load(std::memory_order_relaxed)) {
+      if (in_reserve(pg)) {
         t.reserve++;
         continue;
       }
       t.pages++;
-      t.live += pg.meshed ? mesh_live_blocks(&pg) : live_blocks(pg);
+      t.live += live_blocks(pg);
       t.carved += pg.capacity;
       t.meshed += pg.meshed;
     }
@@ -469,13 +477,12 @@ AM_APPROXIMATE_READS SegmentTotals segment_totals_locked() {
     }
     t.committed += sizeof(Segment);
     for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(page_slots(s))) {
-      const Page& pg = s->pages[i];
-      if (pg.in_use && pg.capacity == 0 && !pg.heap.load(std::memory_order_relaxed)) {
-        t.committed += page_area_size(s);  // in the burst reserve: resident, carved again later
+      Page& pg = s->pages[i];
+      if (in_reserve(pg)) {
+        t.committed += page_area_size(s);  // resident, carved again later
       } else if (pg.in_use) {
         t.pages_in_use++;
-        uint32_t live = pg.meshed ? mesh_live_blocks(&s->pages[i]) : live_blocks(pg);
-        t.in_use += uint64_t{live} * pg.block_size;
+        t.in_use += uint64_t{live_blocks(pg)} * pg.block_size;
         // A meshed page's memory is its group's first page's.
         if (!pg.meshed || pg.mesh_primary == &pg)
           t.committed += uint64_t{pg.capacity} * pg.block_size;

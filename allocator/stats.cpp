@@ -24,16 +24,13 @@ void run_hooks(int fd, bool json) {
   for (auto& h : g_hooks)
     if (StatsHook f = h.load(std::memory_order_acquire)) f(fd, json);
 }
-// Every class's figures, for the reports.
-void class_stats_all(am_class_stats_t* out) { am_class_stats(out, kNumClasses); }
-
 bool class_active(const am_class_stats_t& c) {
   return c.pages || c.reserve_pages || c.pages_cold || c.pages_ready || c.pages_reserve;
 }
 
 void report_classes(int fd) {
   am_class_stats_t cs[kNumClasses];
-  class_stats_all(cs);
+  am_class_stats(cs, kNumClasses);
   Out o;
   for (const am_class_stats_t& c : cs) {
     if (!class_active(c)) continue;
@@ -61,7 +58,7 @@ void report_classes(int fd) {
 
 void report_classes_json(int fd) {
   am_class_stats_t cs[kNumClasses];
-  class_stats_all(cs);
+  am_class_stats(cs, kNumClasses);
   Out o;
   o.str(",\"classes\":[");
   bool first = true;
