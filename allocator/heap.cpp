@@ -378,11 +378,14 @@ void* heap_alloc_class(Heap* h, unsigned cls) {
     while (Page* pg = h->queues[cls].first) {
       if (pg->free) return pop(pg);
       if (page_collect(pg) && pg->free) return pop(pg);
-      if (Block* b = page_carve(pg)) {
+      if (Block* b = pg->trimmed ? page_untrim(pg) : page_carve(pg)) {
         pg->used++;
         return b;
       }
       page_to_full(h, pg);
+      // A page ran out: the slow path also where a heap that reuses its
+      // sparse pages (and so rarely needs a new one) trims the others.
+      trim_maybe(h, kTrimUsSlowPath);
     }
     // Before taking a new page: collect what other threads freed into all
     // our pages, giving back pages that became empty (at most once a

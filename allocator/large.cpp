@@ -10,6 +10,7 @@
 #include "allocator/page.h"
 #include "allocator/segment.h"
 #include "allocator/stats.h"
+#include "allocator/trim.h"
 
 namespace am {
 
@@ -24,6 +25,7 @@ constexpr uint64_t kLargeDivc = divisibility_magic(uint64_t{1} << 32);
 
 void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
   maintenance_maybe();
+  if (h != &g_empty_heap) trim_maybe(h, kTrimUsSlowPath);
   size_t bsize = round_page(size);
   size_t off;
   Segment* s;

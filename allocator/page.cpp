@@ -3,6 +3,7 @@
 #include "allocator/options.h"
 #include "allocator/os.h"
 #include "allocator/segment.h"
+#include "allocator/trim.h"
 
 namespace am {
 
@@ -21,6 +22,7 @@ void page_init(Page* pg, unsigned cls, Heap* h) {
   pg->dirty = 1;
   pg->trim_used = 0;
   pg->trim_seen = 0;
+  trim_forget(pg);
   pg->next = pg->prev = nullptr;
   pg->xthread_free.store(0, std::memory_order_relaxed);
   pg->in_full = 0;

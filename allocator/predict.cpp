@@ -27,6 +27,7 @@
 #include "allocator/queue.h"
 #include "allocator/segment.h"
 #include "allocator/stats.h"
+#include "allocator/trim.h"
 
 namespace am {
 
@@ -172,6 +173,7 @@ bool reserve_keep_locked(Page* pg) {
   pg->free = nullptr;
   pg->capacity = 0;
   pg->trim_used = 0;
+  trim_forget(pg);
   pg->next = g_reserve[c];
   g_reserve[c] = pg;
   stats_add(g_ready_bytes, page_bytes(c));

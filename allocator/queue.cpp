@@ -3,6 +3,7 @@
 #include "allocator/queue.h"
 
 #include "allocator/heap.h"
+#include "allocator/trim.h"
 
 namespace am {
 
@@ -160,6 +161,9 @@ void heap_page_unfull(Heap* h, Page* pg) {
   pg->xthread_free.fetch_and(~kXFull, std::memory_order_seq_cst);
   pg->owner_fast.store(h, std::memory_order_relaxed);
   queue_push_back(h, pg);
+  // Frees into full pages: pages may turn sparse, so a trim pass that
+  // backed off comes back at the next slow path.
+  if (pg->block_size > kOsPage) h->trim_every_ms = kTrimEveryMs;
 }
 
 }  // namespace am

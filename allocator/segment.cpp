@@ -9,6 +9,7 @@
 #include "allocator/options.h"
 #include "allocator/os.h"
 #include "allocator/stats.h"
+#include "allocator/trim.h"
 
 namespace am {
 
@@ -278,6 +279,7 @@ void page_free(Page* pg, uint64_t now, bool purge_now) {
   pg->used = 0;
   pg->capacity = 0;
   pg->block_size = 0;
+  trim_forget(pg);
   pg->owner_fast.store(nullptr, std::memory_order_relaxed);
   pg->heap.store(nullptr, std::memory_order_relaxed);
   if (purge_now || g_options.purge_delay_ms == 0) {

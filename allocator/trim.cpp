@@ -37,12 +37,21 @@ bool idle_since_last_pass(Page* pg) {
 constexpr unsigned kMaxBlocks = 128;
 constexpr unsigned kMaxHot = kHotBytes / kOsPage;
 
-// Gives back the OS pages inside the free blocks, until `deadline`
+uint64_t* trim_bits(Page* pg) {
+  Segment* s = segment_of_page(pg);
+  return s->trimmed[pg - s->pages];
+}
+
+bool bit(const uint64_t* m, size_t i) { return (m[i / 64] >> (i % 64)) & 1; }
+
+// Gives back the OS pages of the free blocks, until `deadline`
 // (os_now_us); returns whether it got through them all. Each run of
-// adjacent free blocks goes in one madvise call, their links included,
-// which are written again afterwards (a fault each): a call costs a TLB
-// shootdown of every core running the process, a fault does not. The free
-// list comes out in address order, after the head page's first blocks.
+// adjacent free blocks goes in one madvise call (a call costs a TLB
+// shootdown of every core running the process) and leaves the free list:
+// its blocks are marked trimmed, so no link is written into them again
+// until page_untrim hands them out. An OS page shared with a block trimmed
+// before goes too. The list that stays comes out in address order, after
+// the head page's first blocks.
 bool trim_page(Page* pg, uint64_t deadline) {
   const size_t bs = pg->block_size;
   // The head page's next allocations take its first free blocks: those
@@ -50,37 +59,42 @@ bool trim_page(Page* pg, uint64_t deadline) {
   size_t skip = pg->is_head ? (kHotBytes / bs > 4 ? kHotBytes / bs : 4) : 0;
   Block* hot[kMaxHot + 4];
   unsigned n_hot = 0;
-  uint64_t is_free[kMaxBlocks / 64] = {};
+  uint64_t listed[kMaxBlocks / 64] = {};
   for (Block* b = pg->free; b; b = b->next) {
     if (n_hot < skip) {
       hot[n_hot++] = b;
       continue;
     }
     size_t i = static_cast<size_t>(reinterpret_cast<uint8_t*>(b) - pg->start) / bs;
-    is_free[i / 64] |= uint64_t{1} << (i % 64);
+    listed[i / 64] |= uint64_t{1} << (i % 64);
   }
-  auto free_at = [&](size_t i) { return (is_free[i / 64] >> (i % 64)) & 1; };
+  uint64_t* gone = trim_bits(pg);
   const size_t n = pg->capacity;
+  const uintptr_t base = reinterpret_cast<uintptr_t>(pg->start);
+  constexpr uintptr_t kMask = kOsPage - 1;
   bool done = true;
   for (size_t i = 0; i < n && done;) {
-    if (!free_at(i)) {
+    if (!bit(listed, i)) {
       i++;
       continue;
     }
     size_t j = i;
-    while (j < n && free_at(j)) j++;
-    uintptr_t lo = (reinterpret_cast<uintptr_t>(pg->start + i * bs) + kOsPage - 1) & ~(kOsPage - 1);
-    uintptr_t hi = reinterpret_cast<uintptr_t>(pg->start + j * bs) & ~(kOsPage - 1);
+    while (j < n && bit(listed, j)) j++;
+    // An OS page at either end is shared with the neighbouring block: it
+    // goes only if that block is trimmed already. (Past `capacity` the
+    // page's memory may hold nothing, but the next carve writes there.)
+    uintptr_t lo = base + i * bs, hi = base + j * bs;
+    lo = i > 0 && bit(gone, i - 1) ? lo & ~kMask : (lo + kMask) & ~kMask;
+    hi = j < n && bit(gone, j) ? (hi + kMask) & ~kMask : hi & ~kMask;
     if (hi > lo) {
       os_purge(reinterpret_cast<void*>(lo), hi - lo);
-      size_t relinked = 0;  // link pages that fault in again below
       for (size_t k = i; k < j; k++) {
-        uintptr_t link = reinterpret_cast<uintptr_t>(pg->start + k * bs) & ~(kOsPage - 1);
-        relinked += link >= lo && link < hi;
+        gone[k / 64] |= uint64_t{1} << (k % 64);
+        listed[k / 64] &= ~(uint64_t{1} << (k % 64));
       }
-      size_t gone = hi - lo - relinked * kOsPage;
-      stats_add(g_os_stats.trimmed_bytes, gone);
-      stats_add(g_class_counters[pg->cls].trimmed_bytes, gone);
+      pg->trimmed = static_cast<uint8_t>(pg->trimmed + (j - i));
+      stats_add(g_os_stats.trimmed_bytes, hi - lo);
+      stats_add(g_class_counters[pg->cls].trimmed_bytes, hi - lo);
       done = os_now_us() < deadline;  // the rest at the next pass
     }
     i = j;
@@ -88,7 +102,7 @@ bool trim_page(Page* pg, uint64_t deadline) {
   // The list again: the hot blocks as they were, then the rest.
   Block* head = nullptr;
   for (size_t i = n; i-- > 0;)
-    if (free_at(i)) {
+    if (bit(listed, i)) {
       auto* b = reinterpret_cast<Block*>(pg->start + i * bs);
       b->next = head;
       head = b;
@@ -103,6 +117,35 @@ bool trim_page(Page* pg, uint64_t deadline) {
 }
 
 }  // namespace
+
+Block* page_untrim(Page* pg) {
+  uint64_t* t = trim_bits(pg);
+  const size_t bs = pg->block_size;
+  unsigned want = static_cast<unsigned>(kHotBytes / bs > 0 ? kHotBytes / bs : 1);
+  if (want > pg->trimmed) want = pg->trimmed;
+  pg->trimmed = static_cast<uint8_t>(pg->trimmed - want);
+  // The lowest blocks first: the first is handed out, the rest linked (a
+  // fault each, which their allocation would take anyway).
+  Block* first = nullptr;
+  Block** tail = &first;
+  for (unsigned w = 0; w < kMaxBlocks / 64 && want > 0; w++)
+    for (; t[w] != 0 && want > 0; want--) {
+      auto i = static_cast<size_t>(w * 64 + __builtin_ctzll(t[w]));
+      t[w] &= t[w] - 1;
+      auto* b = reinterpret_cast<Block*>(pg->start + i * bs);
+      *tail = b;
+      tail = &b->next;
+    }
+  *tail = pg->free;
+  if (first != nullptr) pg->free = first->next;
+  return first;
+}
+
+void trim_forget(Page* pg) {
+  uint64_t* t = trim_bits(pg);
+  t[0] = t[1] = 0;
+  pg->trimmed = 0;
+}
 
 void trim_heap(Heap* h, uint64_t now, uint32_t max_us) {
   h->last_trim_ms = now;
@@ -124,11 +167,12 @@ void trim_heap(Heap* h, uint64_t now, uint32_t max_us) {
       pg = next;
     }
   }
-  // A pass that did nothing backs off; one that did comes back soon.
-  uint32_t wait = did ? kTrimEveryMs : 2 * h->trim_every_ms;
-  h->trim_every_ms = wait < kTrimEveryMs     ? kTrimEveryMs
-                     : wait > kTrimMaxWaitMs ? kTrimMaxWaitMs
-                                             : wait;
+  // A pass that ran out of time comes back at the next clock tick (the
+  // work left is bounded by the memory freed), one that did something soon,
+  // one that did nothing backs off.
+  uint32_t backoff = 2 * h->trim_every_ms;
+  uint32_t wait = out_of_time ? 1 : did || backoff < kTrimEveryMs ? kTrimEveryMs : backoff;
+  h->trim_every_ms = wait > kTrimMaxWaitMs ? kTrimMaxWaitMs : wait;
 }
 
 }  // namespace am

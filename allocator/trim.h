@@ -1,8 +1,8 @@
 // Trimming sparse pages: a page of blocks larger than an OS page that is a
-// quarter live or less gives back the OS pages lying wholly inside its free
-// blocks (each block keeps the OS page that holds its free-list link). The
-// page stays where it is and its blocks keep their addresses; a block
-// allocated again faults fresh zero pages in as it is written. This is what
+// quarter live or less gives back the OS pages of its free blocks, which
+// leave the free list for a bitmap (Segment::trimmed) until the list runs
+// dry. The page stays where it is and its blocks keep their addresses; a
+// block allocated again faults fresh zero pages in as it is written. This is what
 // lets a fragmented heap shrink without meshing: the decay only returns
 // pages that are entirely free, and a page with one survivor never is.
 //
@@ -18,8 +18,10 @@
 
 namespace am {
 
-// At most one pass per heap this often (ms); a pass that finds nothing to
-// trim doubles the wait, up to kTrimMaxWaitMs.
+// At most one pass per heap this often (ms) while passes find work, at the
+// next clock tick while they run out of time (the work left is bounded by
+// the memory freed); a pass that finds nothing doubles the wait, up to
+// kTrimMaxWaitMs.
 constexpr uint32_t kTrimEveryMs = 5;
 constexpr uint32_t kTrimMaxWaitMs = 100;
 // The time a pass may take (us). An madvise call costs 1.6 us here when
@@ -34,6 +36,13 @@ constexpr uint32_t kTrimUsIdle = 1000;
 // One pass over `h`'s queues, for at most `max_us` (am_collect passes no
 // limit), resuming at the class where the last pass stopped.
 void trim_heap(Heap* h, uint64_t now, uint32_t max_us);
+
+// A page's trimmed blocks, when its free list ran dry: links up to 64 KiB
+// of them (the lowest first) and returns one more, unlinked, as
+// page_carve does; nullptr when it has none.
+Block* page_untrim(Page* pg);
+// A page slot starts again: no block of it is trimmed.
+void trim_forget(Page* pg);
 
 inline void trim_maybe(Heap* h, uint32_t max_us) {
   if (!g_options.trim) return;

@@ -73,7 +73,10 @@ struct Page {
   Page* mesh_next;
   uint16_t trim_used;  // `used` when trim.cpp last trimmed the page; 0: never
   uint16_t trim_seen;  // a head page's state at the last trim pass (trim.cpp)
-  uint8_t pad_[4];
+  // Free blocks that trim.cpp gave back to the OS and took off `free`
+  // (marked in Segment::trimmed); linked again when `free` runs dry.
+  uint8_t trimmed;
+  uint8_t pad_[3];
 };
 
 static_assert(sizeof(Page) == 128, "slot_page() computes slot * 128");
@@ -109,6 +112,9 @@ struct Segment {
   Heap* large_owner;
   Segment* heap_next;
   Segment* heap_prev;
+  // Per page slot, the blocks trim.cpp gave back (bit i: block i), owned by
+  // the page's owner. In the OS page that holds the fields above.
+  uint64_t trimmed[kMaxPages][2];
 };
 
 static_assert(sizeof(Segment) <= kLargeOffset);
