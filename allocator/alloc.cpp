@@ -217,8 +217,9 @@ size_t am_prefill(size_t size, size_t count) {
     size_t made = prefill(h, cls, (count + per_page - 1) / per_page) * per_page;
     return made < count ? made : count;
   }
-  // Large blocks: map and fault them in, then free them into the segment
-  // cache, chained through their first words.
+  // Large blocks: map and fault them in, then free them (they stay
+  // resident as free span slots or cached segments, up to those bounds),
+  // chained through their first words.
   void* chain = nullptr;
   size_t made = 0;
   for (; made < count; made++) {

@@ -44,6 +44,9 @@ constexpr unsigned kMaxPages = kSegmentSize >> kSlotShift;  // 64
 
 // A large block sits this far into its own segment (past the header).
 constexpr size_t kLargeOffset = 64 * 1024;
+// Large blocks up to this size share segments, a run of page slots each
+// (a span); larger ones own a segment, where they grow in place.
+constexpr size_t kSpanMax = 1024 * 1024;
 constexpr size_t kOsPage = 4096;
 
 // Blocks of up to this size are served through the heap's direct table.

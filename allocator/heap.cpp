@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "allocator/background.h"
+#include "allocator/large.h"
 #include "allocator/lock.h"
 #include "allocator/mesh.h"
 #include "allocator/options.h"
@@ -225,7 +226,7 @@ void heap_abandon_locked(Heap* h) {
     pg = next;
   }
   // Large blocks stay valid and belong to no heap from now on.
-  while (Segment* s = h->large) heap_large_unlink_locked(s);
+  while (Page* pg = h->large) heap_large_unlink_locked(pg);
   ready_drop_locked(h, now);
   heap_reset(h);
   h->live = 0;
@@ -311,11 +312,7 @@ void heap_destroy(Heap* h) {
   for (unsigned c = 0; c < kNumClasses; c++) drop(h->queues[c].first);
   drop(h->full);
   ready_drop_locked(h, now);
-  while (Segment* s = h->large) {
-    heap_large_unlink_locked(s);
-    s->pages[0].in_use = 0;
-    segment_large_free_locked(s, now);
-  }
+  while (Page* pg = h->large) large_free_locked(pg, now);
   heap_reset(h);
 }
 
@@ -325,24 +322,24 @@ void heap_delete(Heap* h) {
   heap_abandon_locked(h);
 }
 
-void heap_large_link_locked(Heap* h, Segment* s) {
-  s->large_owner = h;
-  s->heap_prev = nullptr;
-  s->heap_next = h->large;
-  if (h->large) h->large->heap_prev = s;
-  h->large = s;
+void heap_large_link_locked(Heap* h, Page* pg) {
+  pg->large_owner = h;
+  pg->prev = nullptr;
+  pg->next = h->large;
+  if (h->large) h->large->prev = pg;
+  h->large = pg;
 }
 
-void heap_large_unlink_locked(Segment* s) {
-  Heap* h = s->large_owner;
+void heap_large_unlink_locked(Page* pg) {
+  Heap* h = pg->large_owner;
   if (!h) return;
-  if (s->heap_prev)
-    s->heap_prev->heap_next = s->heap_next;
+  if (pg->prev)
+    pg->prev->next = pg->next;
   else
-    h->large = s->heap_next;
-  if (s->heap_next) s->heap_next->heap_prev = s->heap_prev;
-  s->heap_next = s->heap_prev = nullptr;
-  s->large_owner = nullptr;
+    h->large = pg->next;
+  if (pg->next) pg->next->prev = pg->prev;
+  pg->next = pg->prev = nullptr;
+  pg->large_owner = nullptr;
 }
 
 // Collect what other threads freed into any of our pages, and give back

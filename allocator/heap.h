@@ -57,8 +57,8 @@ Heap* heap_bind(Heap* h, bool* ok);
 void heap_destroy(Heap* h);
 void heap_delete(Heap* h);
 // Large blocks belong to a heap too, so that heap_destroy frees them.
-void heap_large_link_locked(Heap* h, Segment* s);
-void heap_large_unlink_locked(Segment* s);
+void heap_large_link_locked(Heap* h, Page* pg);
+void heap_large_unlink_locked(Page* pg);
 // The executor idle point's part (pools/executor.cpp): collect remote
 // frees, and on a tick purge what is due.
 void heap_idle_work(Heap* h, bool collect, bool tick);

@@ -6,6 +6,7 @@
 
 #include "allocator/heap.h"
 #include "allocator/lock.h"
+#include "allocator/options.h"
 #include "allocator/os.h"
 #include "allocator/page.h"
 #include "allocator/segment.h"
@@ -17,6 +18,9 @@ namespace am {
 namespace {
 
 size_t round_page(size_t n) { return (n + kOsPage - 1) & ~(kOsPage - 1); }
+uint32_t span_slots(size_t bsize) {
+  return static_cast<uint32_t>((bsize + kSlotSize - 1) >> kSlotShift);
+}
 
 // Only offset 0 passes the block check of a large page.
 constexpr uint64_t kLargeDivc = divisibility_magic(uint64_t{1} << 32);
@@ -27,20 +31,38 @@ void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
   maintenance_maybe();
   if (h != &g_empty_heap) trim_maybe(h, kTrimUsSlowPath);
   size_t bsize = round_page(size);
-  size_t off;
+  const bool span = bsize <= kSpanMax && align <= kSlotSize;
   Segment* s;
   Page* pg;
+  size_t dirty;  // bytes of the block that may hold old data
   {
     // The block's record is written under the lock: stats read it there.
     LockGuard g;
-    s = segment_large_alloc_locked(bsize, align, &off);
-    if (!s) {
-      errno = ENOMEM;
-      return nullptr;
+    if (span) {
+      bool was_dirty = false;
+      pg = segment_span_alloc_locked(span_slots(bsize), &was_dirty);
+      if (!pg) {
+        errno = ENOMEM;
+        return nullptr;
+      }
+      s = segment_of_page(pg);
+      pg->start = page_area(s, pg);
+      // A slot purged with MADV_FREE may still hold old bytes.
+      dirty = was_dirty || g_options.purge_free ? bsize : 0;
+    } else {
+      size_t off;
+      s = segment_large_alloc_locked(bsize, align, &off);
+      if (!s) {
+        errno = ENOMEM;
+        return nullptr;
+      }
+      pg = &s->pages[0];
+      pg->start = reinterpret_cast<uint8_t*>(s) + off;
+      // Only the part a previous user touched needs zeroing (all of it
+      // when MADV_FREE may have left old bytes in purged pages).
+      size_t end = s->lazy ? s->mapped_size : s->dirty_end;
+      dirty = end > off ? end - off : 0;
     }
-    if (h != &g_empty_heap) heap_large_link_locked(h, s);
-    pg = &s->pages[0];
-    pg->start = reinterpret_cast<uint8_t*>(s) + off;
     pg->block_size = bsize;
     pg->divc = kLargeDivc;
     pg->capacity = pg->reserved = pg->used = 1;
@@ -48,30 +70,42 @@ void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
     pg->in_use = 1;
     pg->owner_fast.store(nullptr, std::memory_order_relaxed);
     pg->heap.store(nullptr, std::memory_order_relaxed);
-    s->used_pages = 1;
+    pg->large_owner = nullptr;
+    if (h != &g_empty_heap) heap_large_link_locked(h, pg);
   }
   stats_add(g_os_stats.large_allocs, 1);
-  // Only the part a previous user touched needs zeroing (all of it when
-  // MADV_FREE may have left old bytes in purged pages).
-  size_t dirty = s->lazy ? s->mapped_size : s->dirty_end;
-  if (zero && dirty > off) memset(pg->start, 0, size < dirty - off ? size : dirty - off);
+  if (zero && dirty > 0) memset(pg->start, 0, size < dirty ? size : dirty);
   return pg->start;
 }
 
-void large_free(Page* pg) {
+void large_free_locked(Page* pg, uint64_t now) {
   Segment* s = segment_of_page(pg);
-  LockGuard g;
+  heap_large_unlink_locked(pg);
   pg->in_use = 0;
-  heap_large_unlink_locked(s);
-  segment_large_free_locked(s, os_now_ms());
+  if (s->kind == kSegSpan)
+    segment_span_free_locked(pg, now);
+  else
+    segment_large_free_locked(s, now);
+}
+
+void large_free(Page* pg) {
+  LockGuard g;
+  large_free_locked(pg, os_now_ms());
 }
 
 void* large_resize(Page* pg, size_t size) {
   // Under the lock: the segment may move, and stats read its record.
   LockGuard g;
   Segment* s = segment_of_page(pg);
-  size_t off = static_cast<size_t>(pg->start - reinterpret_cast<uint8_t*>(s));
   size_t bsize = round_page(size);
+  if (s->kind == kSegSpan) {
+    // In place while the slots that follow are free; else the caller moves
+    // it (to a segment of its own past kSpanMax, where it grows in place).
+    if (!segment_span_resize_locked(pg, span_slots(bsize), os_now_ms())) return nullptr;
+    pg->block_size = bsize;
+    return pg->start;
+  }
+  size_t off = static_cast<size_t>(pg->start - reinterpret_cast<uint8_t*>(s));
   size_t old = pg->block_size;
   // Remember how far the block reached: what it leaves behind must be
   // zeroed before calloc hands it out again.

@@ -5,7 +5,6 @@
 #include "allocator/background.h"
 #include "allocator/filemap.h"
 #include "allocator/heap.h"
-#include "allocator/mesh.h"
 #include "allocator/options.h"
 #include "allocator/os.h"
 #include "allocator/stats.h"
@@ -22,8 +21,9 @@ bool g_dirty_changed;
 
 namespace {
 
-Segment* g_partial[3];  // by page kind: segments with a free page slot
-Segment* g_cache;       // empty standard-size segments, newest first
+// Segments with a free page slot, by page kind (kKindLarge: span segments).
+Segment* g_partial[4];
+Segment* g_cache;  // empty standard-size segments, newest first
 size_t g_cache_bytes;
 size_t g_cache_dirty;  // resident bytes of cached segments
 // Cached segments may keep this much resident before the oldest are purged
@@ -31,6 +31,14 @@ size_t g_cache_dirty;  // resident bytes of cached segments
 // MiB made the large workload purge and fault blocks back: 64 MiB is 1.23x
 // its throughput for 1.2x its peak RSS, level with mimalloc's.)
 constexpr size_t kCacheDirtyMax = 16 * kSegmentSize;
+// Free page slots of span segments may keep this much resident; slots
+// freed past it are purged at once. (Spans hold what used to take a
+// segment each, of which the cache kept 64: on the fragment workload about
+// 10 MiB, on the realloc workload 13 MiB.)
+constexpr size_t kSpanDirtyMax = 4 * kSegmentSize;
+size_t g_span_dirty;  // resident bytes of free span slots
+// A span's slots are looked for in this many segments at most.
+constexpr unsigned kSpanLook = 8;
 // Mappings up to this size are kept for reuse; larger ones are unmapped.
 constexpr size_t kMaxCachedMapping = 64 * kSegmentSize;
 Segment* g_all;  // every live segment
@@ -74,7 +82,6 @@ void purge_range(Segment* s, uint8_t* p, size_t n) {
 }
 
 // A cached segment is purged past its header, which holds the cache links.
-constexpr size_t kHeaderBytes = (sizeof(Segment) + kOsPage - 1) & ~(kOsPage - 1);
 void purge_cached(Segment* s) {
   if (s->dirty_end > kHeaderBytes)
     purge_range(s, reinterpret_cast<uint8_t*>(s) + kHeaderBytes, s->dirty_end - kHeaderBytes);
@@ -88,15 +95,6 @@ void segmap_set(Segment* s, bool live) {
   g_segmap[idx] = live ? static_cast<uint8_t>(1 + s->kind) : 0;
   size_t slots = (s->mapped_size + kSegmentSize - 1) >> kSegmentShift;
   for (size_t i = 1; i < slots; i++) g_segmap[idx + i] = live ? kMapTail : 0;
-}
-
-// Page slots of a small or medium segment: first slot of each page.
-constexpr uint32_t kFirstSlot = 1;
-inline uint32_t last_slot(const Segment* s) {
-  return kMaxPages - static_cast<uint32_t>(page_slots(s));
-}
-inline uint32_t pages_per_segment(const Segment* s) {
-  return (kMaxPages - kFirstSlot) / static_cast<uint32_t>(page_slots(s));
 }
 
 // Takes from the cache a segment of `min_size` to `max_size` mapped bytes:
@@ -132,7 +130,7 @@ Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
   size_t max_size =
       kind == kSegLarge ? (size < kSegmentSize ? 2 * kSegmentSize : 2 * size) : kSegmentSize;
   // With AMALLOC_MESH, pages live in the memory file (large blocks never).
-  bool file_backed = g_options.mesh && kind != kSegLarge;
+  bool file_backed = g_options.mesh && kind != kSegLarge && kind != kSegSpan;
   Segment* s = cache_take(need_end, size, max_size, file_backed);
   const bool cached = s != nullptr;
   size_t dirty_end = 0;
@@ -167,10 +165,15 @@ Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
   uint32_t span = static_cast<uint32_t>(page_slots(s));
   for (uint32_t i = 0; i < kMaxPages && kind != kSegLarge; i++) {
     s->pages[i].dirty = dirty_end > size_t{i} << kSlotShift;  // any part of it
+    if (kind == kSegSpan && i >= kFirstSlot && s->pages[i].dirty) {
+      g_span_dirty += kSlotSize;
+      s->span_dirty |= uint64_t{1} << i;
+    }
     s->pages[i].retired_at = cached_at;
     if (kind == kSegMedium && i >= kFirstSlot)
       s->pages[i].span_off = static_cast<uint8_t>((i - kFirstSlot) % span);
   }
+  if (kind == kSegSpan) s->span_free = ~uint64_t{0} << kFirstSlot;
   all_push(s);
   segmap_set(s, true);
   return s;
@@ -337,9 +340,185 @@ Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset) {
 
 void segment_large_free_locked(Segment* s, uint64_t now) { segment_give_back(s, now); }
 
+namespace {
+
+// (No popcnt instruction in the baseline x86-64 target: libgcc's loop.)
+uint32_t bit_count(uint64_t x) {
+  x = x - ((x >> 1) & 0x5555555555555555);
+  x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333);
+  x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0f;
+  return static_cast<uint32_t>((x * 0x0101010101010101) >> 56);
+}
+
+// Where a span of `k` slots fits (0: nowhere) and how many of its slots
+// may be resident.
+struct SpanRun {
+  uint32_t at = 0, resident = 0;
+};
+
+// The most resident place for a span of `k` in `s` (fewer faults, and it
+// reuses memory already counted in RSS), then one that starts a run of
+// free slots (holes stay whole), then the lowest.
+SpanRun span_find(const Segment* s, uint32_t k) {
+  // Bit w of `fits`: slots w .. w+k-1 are all free.
+  uint64_t fits = s->span_free;
+  for (uint32_t have = 1; have < k && fits;) {
+    uint32_t step = have < k - have ? have : k - have;
+    fits &= fits >> step;
+    have += step;
+  }
+  const uint64_t window = k >= 64 ? ~uint64_t{0} : (uint64_t{1} << k) - 1;
+  SpanRun best;
+  bool best_starts = false;
+  for (; fits; fits &= fits - 1) {
+    auto w = static_cast<uint32_t>(__builtin_ctzll(fits));
+    uint32_t res = bit_count(s->span_dirty & (window << w));
+    bool starts = !((s->span_free >> (w - 1)) & 1);
+    if (best.at == 0 || res > best.resident || (res == best.resident && starts && !best_starts)) {
+      best = {w, res};
+      best_starts = starts;
+      if (res == k && starts) break;
+    }
+  }
+  return best;
+}
+
+Page* span_claim(Segment* s, uint32_t at, uint32_t k, bool* dirty) {
+  bool d = false;
+  for (uint32_t j = at; j < at + k; j++) {
+    Page& p = s->pages[j];
+    if (p.dirty) {
+      d = true;
+      g_span_dirty -= kSlotSize;
+    }
+    p.in_use = 1;
+    p.kind = kKindLarge;
+    p.span_off = static_cast<uint8_t>(j - at);
+    s->span_free &= ~(uint64_t{1} << j);
+  }
+  s->pages[at].slots = static_cast<uint8_t>(k);
+  *dirty = d;
+  s->used_pages += k;
+  if (s->used_pages == pages_per_segment(s)) {
+    list_remove(g_partial[kKindLarge], s);
+    s->in_partial = 0;
+  }
+  return &s->pages[at];
+}
+
+// Slots [from, to) of span segment `s` are free again; the first `touched`
+// of them held the block's bytes. Gives `s` back when it is empty.
+void span_release(Segment* s, uint32_t from, uint32_t to, uint32_t touched, uint64_t now) {
+  bool kept = false;  // resident slots among those freed
+  for (uint32_t j = from; j < to; j++) {
+    Page& p = s->pages[j];
+    p.in_use = 0;
+    p.kind = kKindNone;
+    p.span_off = 0;
+    p.retired_at = now;
+    s->span_free |= uint64_t{1} << j;
+    if (j - from < touched) p.dirty = 1;
+    if (!p.dirty) continue;
+    if (g_options.purge_delay_ms == 0 || g_span_dirty + kSlotSize > kSpanDirtyMax) {
+      purge_range(s, page_area(s, &p), kSlotSize);
+      p.dirty = 0;
+      s->span_dirty &= ~(uint64_t{1} << j);
+    } else {
+      s->span_dirty |= uint64_t{1} << j;
+      g_span_dirty += kSlotSize;
+      kept = true;
+    }
+  }
+  g_dirty_changed = true;
+  background_kick();
+  s->used_pages -= to - from;
+  if (s->used_pages == 0) {
+    // Its resident slots go with it to the cache (segment_give_back).
+    for (uint32_t j = kFirstSlot; j < kMaxPages; j++) g_span_dirty -= s->pages[j].dirty * kSlotSize;
+    if (s->in_partial) list_remove(g_partial[kKindLarge], s);
+    segment_give_back(s, now);  // may unmap s
+    return;
+  }
+  // Segments with resident free slots go first, where spans look.
+  if (s->in_partial && !kept) return;
+  if (s->in_partial) list_remove(g_partial[kKindLarge], s);
+  list_push(g_partial[kKindLarge], s);
+  s->in_partial = 1;
+}
+
+uint32_t slots_touched(const Page* pg) {
+  return static_cast<uint32_t>((pg->block_size + kSlotSize - 1) >> kSlotShift);
+}
+
+}  // namespace
+
+Page* segment_span_alloc_locked(uint32_t slots, bool* dirty) {
+  // Segments that freed slots last come first in the list: the best run of
+  // the first few that hold one (resident slots, see span_find).
+  Segment* best_s = nullptr;
+  SpanRun best;
+  unsigned looked = 0;
+  for (Segment* s = g_partial[kKindLarge]; s && looked < kSpanLook; s = s->next) {
+    if (pages_per_segment(s) - s->used_pages < slots) continue;
+    SpanRun r = span_find(s, slots);
+    if (r.at == 0) continue;
+    looked++;
+    if (!best_s || r.resident > best.resident) {
+      best_s = s;
+      best = r;
+    }
+    if (best.resident == slots) break;
+  }
+  if (best_s) return span_claim(best_s, best.at, slots, dirty);
+  Segment* s = segment_take(kSegSpan, kSegmentSize, kSegmentSize);
+  if (!s) return nullptr;
+  list_push(g_partial[kKindLarge], s);
+  s->in_partial = 1;
+  return span_claim(s, kFirstSlot, slots, dirty);
+}
+
+void segment_span_free_locked(Page* pg, uint64_t now) {
+  Segment* s = segment_of_page(pg);
+  auto i = static_cast<uint32_t>(pg - s->pages);
+  uint32_t k = pg->slots, touched = slots_touched(pg);
+  pg->slots = 0;
+  pg->block_size = 0;
+  span_release(s, i, i + k, touched, now);  // may unmap s: pg is not touched after
+}
+
+bool segment_span_resize_locked(Page* pg, uint32_t slots, uint64_t now) {
+  Segment* s = segment_of_page(pg);
+  auto i = static_cast<uint32_t>(pg - s->pages);
+  uint32_t k = pg->slots;
+  if (slots < k) {
+    uint32_t touched = slots_touched(pg);
+    pg->slots = static_cast<uint8_t>(slots);
+    span_release(s, i + slots, i + k, touched > slots ? touched - slots : 0, now);
+    return true;
+  }
+  if (i + slots > kMaxPages) return false;
+  for (uint32_t j = i + k; j < i + slots; j++)
+    if (s->pages[j].in_use) return false;
+  for (uint32_t j = i + k; j < i + slots; j++) {
+    Page& p = s->pages[j];
+    if (p.dirty) g_span_dirty -= kSlotSize;
+    s->span_free &= ~(uint64_t{1} << j);
+    p.in_use = 1;
+    p.kind = kKindLarge;
+    p.span_off = static_cast<uint8_t>(j - i);
+  }
+  s->used_pages += slots - k;
+  pg->slots = static_cast<uint8_t>(slots);
+  if (s->used_pages == pages_per_segment(s) && s->in_partial) {
+    list_remove(g_partial[kKindLarge], s);
+    s->in_partial = 0;
+  }
+  return true;
+}
+
 Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
-  Heap* owner = s->large_owner;
-  heap_large_unlink_locked(s);
+  Heap* owner = s->pages[0].large_owner;
+  heap_large_unlink_locked(&s->pages[0]);
   segmap_set(s, false);
   all_remove(s);
   auto* r = static_cast<Segment*>(os_remap_aligned(s, s->mapped_size, new_mapped, kSegmentSize));
@@ -350,7 +529,7 @@ Segment* segment_large_remap_locked(Segment* s, size_t new_mapped) {
   }
   all_push(live);
   segmap_set(live, true);
-  if (owner) heap_large_link_locked(owner, live);
+  if (owner) heap_large_link_locked(owner, &live->pages[0]);
   return r;
 }
 
@@ -379,6 +558,10 @@ void for_each_dirty(uint64_t now, F f) {
       f(page_area_size(s), now - pg->retired_at, [s, pg] {
         purge_range(s, page_area(s, pg), page_area_size(s));
         pg->dirty = 0;
+        if (s->kind == kSegSpan) {
+          g_span_dirty -= kSlotSize;
+          s->span_dirty &= ~(uint64_t{1} << (pg - s->pages));
+        }
       });
     }
   }
@@ -426,74 +609,6 @@ uint64_t segment_purge_locked(uint64_t now, bool force) {
 void segment_for_each_locked(void (*f)(Segment* s, bool cached, void* ctx), void* ctx) {
   for (Segment* s = g_all; s; s = s->all_next) f(s, false, ctx);
   for (Segment* s = g_cache; s; s = s->next) f(s, true, ctx);
-}
-
-// Blocks in use, from a read its owner may race (it moves the head's
-// bias and `used` apart): never below zero. A meshed page's come from its
-// live bitmap (its `used` is the count it had when it was merged).
-AM_APPROXIMATE_READS uint32_t live_blocks(Page& pg) {
-  if (pg.meshed) return mesh_live_blocks(&pg);
-  uint32_t used = pg.used, head = pg.is_head;
-  return used > head ? used - head : 0;
-}
-
-// A page of the burst reserve: in use, owned by no heap, carved again from
-// zero when taken (predict.cpp).
-AM_APPROXIMATE_READS bool in_reserve(const Page& pg) {
-  return pg.in_use && pg.capacity == 0 && !pg.heap.load(std::memory_order_relaxed);
-}
-
-AM_APPROXIMATE_READS void segment_class_totals_locked(ClassTotals* out) {
-  for (unsigned c = 0; c < kNumClasses; c++) out[c] = ClassTotals{};
-  for (Segment* s = g_all; s; s = s->all_next) {
-    if (s->kind == kSegLarge) continue;
-    for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(page_slots(s))) {
-      Page& pg = s->pages[i];
-      if (!pg.in_use || pg.cls >= kNumClasses) continue;
-      ClassTotals& t = out[pg.cls];
-      if (in_reserve(pg)) {
-        t.reserve++;
-        continue;
-      }
-      t.pages++;
-      t.live += live_blocks(pg);
-      t.carved += pg.capacity;
-      t.meshed += pg.meshed;
-    }
-  }
-}
-
-AM_APPROXIMATE_READS SegmentTotals segment_totals_locked() {
-  SegmentTotals t{};
-  for (Segment* s = g_cache; s; s = s->next) {
-    t.committed += s->purged ? kHeaderBytes : s->dirty_end;
-  }
-  for (Segment* s = g_all; s; s = s->all_next) {
-    t.segments++;
-    if (s->kind == kSegLarge) {
-      const Page& pg = s->pages[0];
-      t.large_blocks++;
-      t.in_use += pg.block_size;
-      t.committed += (pg.start - reinterpret_cast<uint8_t*>(s)) + pg.block_size;
-      continue;
-    }
-    t.committed += sizeof(Segment);
-    for (uint32_t i = kFirstSlot; i <= last_slot(s); i += static_cast<uint32_t>(page_slots(s))) {
-      Page& pg = s->pages[i];
-      if (in_reserve(pg)) {
-        t.committed += page_area_size(s);  // resident, carved again later
-      } else if (pg.in_use) {
-        t.pages_in_use++;
-        t.in_use += uint64_t{live_blocks(pg)} * pg.block_size;
-        // A meshed page's memory is its group's first page's.
-        if (!pg.meshed || pg.mesh_primary == &pg)
-          t.committed += uint64_t{pg.capacity} * pg.block_size;
-      } else if (pg.dirty) {
-        t.committed += page_area_size(s);
-      }
-    }
-  }
-  return t;
 }
 
 }  // namespace am

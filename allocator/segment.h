@@ -52,6 +52,17 @@ inline Page* page_resolve(Page* slot) {
 Page* page_lookup(uintptr_t a);
 
 inline size_t page_slots(const Segment* s) { return s->kind == kSegMedium ? kMediumSpan : 1; }
+// Page slots of a small or medium segment: first slot of each page (slot 0
+// holds the header), last one, and how many pages a segment holds.
+constexpr uint32_t kFirstSlot = 1;
+inline uint32_t last_slot(const Segment* s) {
+  return kMaxPages - static_cast<uint32_t>(page_slots(s));
+}
+inline uint32_t pages_per_segment(const Segment* s) {
+  return (kMaxPages - kFirstSlot) / static_cast<uint32_t>(page_slots(s));
+}
+// The header's OS pages: a cached segment keeps them (its cache links).
+constexpr size_t kHeaderBytes = (sizeof(Segment) + kOsPage - 1) & ~(kOsPage - 1);
 inline uint8_t* page_area(Segment* s, const Page* pg) {
   return reinterpret_cast<uint8_t*>(s) + (static_cast<size_t>(pg - s->pages) << kSlotShift);
 }
@@ -73,6 +84,16 @@ void segment_page_free_purged_locked(Page* pg, uint64_t now);
 Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset);
 // Release a large/huge segment (to the cache or the OS).
 void segment_large_free_locked(Segment* s, uint64_t now);
+// A span of `slots` page slots for a large block (kSegSpan), the lowest of
+// the smallest free runs that hold it; *dirty tells whether any of its
+// slots may hold old bytes. nullptr when the OS has no memory.
+Page* segment_span_alloc_locked(uint32_t slots, bool* dirty);
+// Give a span's slots back (the block's Page, which must be in no heap's
+// list).
+void segment_span_free_locked(Page* pg, uint64_t now);
+// Resize a span to `slots` in place: shrinking frees the slots past it,
+// growing takes the free slots that follow; false when they are not free.
+bool segment_span_resize_locked(Page* pg, uint32_t slots, uint64_t now);
 // Remap a large/huge segment to `new_mapped` bytes (moving it if needed).
 Segment* segment_large_remap_locked(Segment* s, size_t new_mapped);
 // Return memory that has been free for longer than the purge delay (all

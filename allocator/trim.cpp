@@ -130,7 +130,7 @@ Block* page_untrim(Page* pg) {
   Block** tail = &first;
   for (unsigned w = 0; w < kMaxBlocks / 64 && want > 0; w++)
     for (; t[w] != 0 && want > 0; want--) {
-      auto i = static_cast<size_t>(w * 64 + __builtin_ctzll(t[w]));
+      size_t i = size_t{w} * 64 + static_cast<size_t>(__builtin_ctzll(t[w]));
       t[w] &= t[w] - 1;
       auto* b = reinterpret_cast<Block*>(pg->start + i * bs);
       *tail = b;

@@ -68,20 +68,28 @@ struct Page {
   uint8_t span_off;  // slots back to the page's first slot (medium pages)
   uint8_t meshed;    // shares its memory with other pages (mesh.cpp)
   // A meshed page's group: the page whose memory the group shares (it
-  // keeps the group's count), and the next page of the group.
-  Page* mesh_primary;
+  // keeps the group's count), and the next page of the group. A large
+  // block's page (never meshed) keeps its heap instead, and its links in
+  // that heap's list are `next` and `prev` (g_lock).
+  union {
+    Page* mesh_primary;
+    Heap* large_owner;
+  };
   Page* mesh_next;
   uint16_t trim_used;  // `used` when trim.cpp last trimmed the page; 0: never
   uint16_t trim_seen;  // a head page's state at the last trim pass (trim.cpp)
   // Free blocks that trim.cpp gave back to the OS and took off `free`
   // (marked in Segment::trimmed); linked again when `free` runs dry.
   uint8_t trimmed;
-  uint8_t pad_[3];
+  uint8_t slots;  // a span's page slots (kSegSpan); 0 otherwise
+  uint8_t pad_[2];
 };
 
 static_assert(sizeof(Page) == 128, "slot_page() computes slot * 128");
 
-enum SegmentKind : uint8_t { kSegSmall = 1, kSegMedium = 2, kSegLarge = 3 };
+// kSegSpan: large blocks up to kSpanMax, each on a run of page slots
+// (a span) whose first slot's Page describes it; the others point back.
+enum SegmentKind : uint8_t { kSegSmall = 1, kSegMedium = 2, kSegLarge = 3, kSegSpan = 4 };
 
 // A 4 MiB aligned region of 64 slots of 64 KiB. The page table comes first,
 // so the Page of slot i is at `segment + i * sizeof(Page)`: free() finds it
@@ -91,6 +99,10 @@ enum SegmentKind : uint8_t { kSegSmall = 1, kSegMedium = 2, kSegLarge = 3 };
 // others point back to it (span_off) and send frees to the slow path.
 struct Segment {
   Page pages[kMaxPages];
+  // Per page slot, the blocks trim.cpp gave back (bit i: block i), owned by
+  // the page's owner; in the OS page the fields below use. (Before them: a
+  // large segment taken again clears only its fields.)
+  uint64_t trimmed[kMaxPages][2];
   uint8_t kind;
   uint8_t in_partial;  // on the partial list of its kind
   uint8_t purged;      // in the cache and already returned to the OS
@@ -101,6 +113,10 @@ struct Segment {
   // still hold old bytes, so a large calloc zeroes all it hands out.
   uint8_t lazy;
   uint32_t used_pages;
+  // A span segment's free slots and slots that may be resident (bit i:
+  // slot i), the Pages' in_use and dirty in one word each for the search.
+  uint64_t span_free;
+  uint64_t span_dirty;
   size_t mapped_size;  // bytes mapped at this address
   Segment* next;       // partial list or segment cache
   Segment* prev;
@@ -108,13 +124,6 @@ struct Segment {
   Segment* all_prev;
   uint64_t cached_at;
   size_t dirty_end;  // bytes from the start that may be resident
-  // A large segment's heap and its links in that heap's list (g_lock).
-  Heap* large_owner;
-  Segment* heap_next;
-  Segment* heap_prev;
-  // Per page slot, the blocks trim.cpp gave back (bit i: block i), owned by
-  // the page's owner. In the OS page that holds the fields above.
-  uint64_t trimmed[kMaxPages][2];
 };
 
 static_assert(sizeof(Segment) <= kLargeOffset);
@@ -146,7 +155,7 @@ struct Heap {
   std::atomic<uint8_t> remote_hint{0};
   // pthread_self() of the thread that has this (non-default) heap bound.
   std::atomic<uintptr_t> bound_thread{0};
-  Segment* large = nullptr;  // large blocks of this heap (under g_lock)
+  Page* large = nullptr;  // large blocks' pages of this heap (under g_lock)
   uint64_t last_collect_ms = 0;
   uint64_t last_mesh_ms = 0;    // the last mesh pass over this heap (mesh.cpp)
   uint32_t mesh_every_ms = 0;   // and the wait before the next (backs off)

@@ -251,9 +251,9 @@ typedef struct am_stats_s {
   uint64_t reserved_bytes;      /* address space mapped from the OS */
   uint64_t committed_bytes;     /* mapped and not purged (an upper bound of RSS) */
   uint64_t in_use_bytes;        /* bytes in live blocks (block sizes, not requests) */
-  uint64_t segments;            /* live segments (small, medium, large and huge) */
+  uint64_t segments;            /* live segments (small, medium, span, large and huge) */
   uint64_t pages_in_use;        /* small and medium pages that hold blocks */
-  uint64_t large_blocks;        /* live blocks that own a whole segment */
+  uint64_t large_blocks;        /* live blocks above 64 KiB (spans and own segments) */
   uint64_t mmap_calls;          /* mappings made (including mremap) */
   uint64_t munmap_calls;        /* mappings released */
   uint64_t purged_bytes;        /* bytes returned with madvise over the lifetime */
