@@ -95,7 +95,8 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
   }
   if (pg->in_use && pg->kind == kKindLarge) {
     if (p != pg->start) return (void)check_block("free", p, pg);
-    large_free(pg);
+    // Checked again under the lock: two threads may free it at once.
+    if (!large_free(pg)) bad_pointer("free", p);
     return;
   }
   if (!check_block("free", p, pg)) return;

@@ -18,6 +18,7 @@ namespace am {
 namespace {
 
 size_t round_page(size_t n) { return (n + kOsPage - 1) & ~(kOsPage - 1); }
+// Page slots of a span of `bsize` bytes (at most a segment's).
 uint32_t span_slots(size_t bsize) {
   return static_cast<uint32_t>((bsize + kSlotSize - 1) >> kSlotShift);
 }
@@ -34,21 +35,20 @@ void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
   const bool span = bsize <= kSpanMax && align <= kSlotSize;
   Segment* s;
   Page* pg;
-  size_t dirty;  // bytes of the block that may hold old data
+  size_t dirty = 0;        // bytes at the block's start that may hold old data
+  uint64_t old_slots = 0;  // or, for a span: its slots that may
   {
     // The block's record is written under the lock: stats read it there.
     LockGuard g;
     if (span) {
-      bool was_dirty = false;
-      pg = segment_span_alloc_locked(span_slots(bsize), &was_dirty);
+      pg = segment_span_alloc_locked(span_slots(bsize), &old_slots);
       if (!pg) {
         errno = ENOMEM;
         return nullptr;
       }
       s = segment_of_page(pg);
       pg->start = page_area(s, pg);
-      // A slot purged with MADV_FREE may still hold old bytes.
-      dirty = was_dirty || g_options.purge_free ? bsize : 0;
+      old_slots >>= pg - s->pages;  // bit i: the block's slot i
     } else {
       size_t off;
       s = segment_large_alloc_locked(bsize, align, &off);
@@ -74,7 +74,12 @@ void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
     if (h != &g_empty_heap) heap_large_link_locked(h, pg);
   }
   stats_add(g_os_stats.large_allocs, 1);
-  if (zero && dirty > 0) memset(pg->start, 0, size < dirty ? size : dirty);
+  if (!zero) return pg->start;
+  if (dirty > 0) memset(pg->start, 0, size < dirty ? size : dirty);
+  for (; old_slots != 0; old_slots &= old_slots - 1) {
+    size_t at = static_cast<size_t>(__builtin_ctzll(old_slots)) << kSlotShift;
+    if (at < size) memset(pg->start + at, 0, size - at < kSlotSize ? size - at : kSlotSize);
+  }
   return pg->start;
 }
 
@@ -88,9 +93,11 @@ void large_free_locked(Page* pg, uint64_t now) {
     segment_large_free_locked(s, now);
 }
 
-void large_free(Page* pg) {
+bool large_free(Page* pg) {
   LockGuard g;
+  if (!pg->in_use || pg->kind != kKindLarge || pg->span_off != 0) return false;
   large_free_locked(pg, os_now_ms());
+  return true;
 }
 
 void* large_resize(Page* pg, size_t size) {
@@ -101,7 +108,9 @@ void* large_resize(Page* pg, size_t size) {
   if (s->kind == kSegSpan) {
     // In place while the slots that follow are free; else the caller moves
     // it (to a segment of its own past kSpanMax, where it grows in place).
-    if (!segment_span_resize_locked(pg, span_slots(bsize), os_now_ms())) return nullptr;
+    if (bsize > kSegmentSize - kSlotSize ||
+        !segment_span_resize_locked(pg, span_slots(bsize), os_now_ms()))
+      return nullptr;
     pg->block_size = bsize;
     return pg->start;
   }

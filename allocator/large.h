@@ -12,7 +12,9 @@ namespace am {
 
 // A block of `size` bytes for heap `h` (which frees it on heap_destroy).
 void* large_alloc(Heap* h, size_t size, size_t align, bool zero);
-void large_free(Page* pg);
+// False, and nothing done, when the block is not live any more (a double
+// free that raced the first).
+bool large_free(Page* pg);
 void large_free_locked(Page* pg, uint64_t now);
 // Resize in place or by moving the mapping; nullptr if the caller must
 // allocate, copy and free (the old block is untouched then).

@@ -173,7 +173,10 @@ Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
     if (kind == kSegMedium && i >= kFirstSlot)
       s->pages[i].span_off = static_cast<uint8_t>((i - kFirstSlot) % span);
   }
-  if (kind == kSegSpan) s->span_free = ~uint64_t{0} << kFirstSlot;
+  if (kind == kSegSpan) {
+    s->span_free = ~uint64_t{0} << kFirstSlot;
+    if (s->lazy) s->span_lazy = s->span_free;
+  }
   all_push(s);
   segmap_set(s, true);
   return s;
@@ -383,21 +386,19 @@ SpanRun span_find(const Segment* s, uint32_t k) {
   return best;
 }
 
-Page* span_claim(Segment* s, uint32_t at, uint32_t k, bool* dirty) {
-  bool d = false;
+Page* span_claim(Segment* s, uint32_t at, uint32_t k, uint64_t* old_bytes) {
+  const uint64_t mine = (k >= 64 ? ~uint64_t{0} : (uint64_t{1} << k) - 1) << at;
+  *old_bytes = (s->span_dirty | s->span_lazy) & mine;
+  s->span_lazy &= ~mine;
   for (uint32_t j = at; j < at + k; j++) {
     Page& p = s->pages[j];
-    if (p.dirty) {
-      d = true;
-      g_span_dirty -= kSlotSize;
-    }
+    if (p.dirty) g_span_dirty -= kSlotSize;
     p.in_use = 1;
     p.kind = kKindLarge;
     p.span_off = static_cast<uint8_t>(j - at);
     s->span_free &= ~(uint64_t{1} << j);
   }
   s->pages[at].slots = static_cast<uint8_t>(k);
-  *dirty = d;
   s->used_pages += k;
   if (s->used_pages == pages_per_segment(s)) {
     list_remove(g_partial[kKindLarge], s);
@@ -423,6 +424,7 @@ void span_release(Segment* s, uint32_t from, uint32_t to, uint32_t touched, uint
       purge_range(s, page_area(s, &p), kSlotSize);
       p.dirty = 0;
       s->span_dirty &= ~(uint64_t{1} << j);
+      if (g_options.purge_free) s->span_lazy |= uint64_t{1} << j;
     } else {
       s->span_dirty |= uint64_t{1} << j;
       g_span_dirty += kSlotSize;
@@ -452,29 +454,32 @@ uint32_t slots_touched(const Page* pg) {
 
 }  // namespace
 
-Page* segment_span_alloc_locked(uint32_t slots, bool* dirty) {
+Page* segment_span_alloc_locked(uint32_t slots, uint64_t* old_bytes) {
   // Segments that freed slots last come first in the list: the best run of
-  // the first few that hold one (resident slots, see span_find).
+  // the first few that hold one (resident slots, see span_find), looking
+  // at a bounded number of segments in all (a new one past them).
   Segment* best_s = nullptr;
   SpanRun best;
-  unsigned looked = 0;
-  for (Segment* s = g_partial[kKindLarge]; s && looked < kSpanLook; s = s->next) {
+  unsigned looked = 0, fit = 0;
+  for (Segment* s = g_partial[kKindLarge]; s && fit < kSpanLook && looked < 4 * kSpanLook;
+       s = s->next) {
+    looked++;
     if (pages_per_segment(s) - s->used_pages < slots) continue;
     SpanRun r = span_find(s, slots);
     if (r.at == 0) continue;
-    looked++;
+    fit++;
     if (!best_s || r.resident > best.resident) {
       best_s = s;
       best = r;
     }
     if (best.resident == slots) break;
   }
-  if (best_s) return span_claim(best_s, best.at, slots, dirty);
+  if (best_s) return span_claim(best_s, best.at, slots, old_bytes);
   Segment* s = segment_take(kSegSpan, kSegmentSize, kSegmentSize);
   if (!s) return nullptr;
   list_push(g_partial[kKindLarge], s);
   s->in_partial = 1;
-  return span_claim(s, kFirstSlot, slots, dirty);
+  return span_claim(s, kFirstSlot, slots, old_bytes);
 }
 
 void segment_span_free_locked(Page* pg, uint64_t now) {
@@ -503,6 +508,7 @@ bool segment_span_resize_locked(Page* pg, uint32_t slots, uint64_t now) {
     Page& p = s->pages[j];
     if (p.dirty) g_span_dirty -= kSlotSize;
     s->span_free &= ~(uint64_t{1} << j);
+    s->span_lazy &= ~(uint64_t{1} << j);  // a realloc leaves new bytes undefined
     p.in_use = 1;
     p.kind = kKindLarge;
     p.span_off = static_cast<uint8_t>(j - i);
@@ -561,6 +567,7 @@ void for_each_dirty(uint64_t now, F f) {
         if (s->kind == kSegSpan) {
           g_span_dirty -= kSlotSize;
           s->span_dirty &= ~(uint64_t{1} << (pg - s->pages));
+          if (g_options.purge_free) s->span_lazy |= uint64_t{1} << (pg - s->pages);
         }
       });
     }

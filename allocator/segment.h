@@ -84,10 +84,11 @@ void segment_page_free_purged_locked(Page* pg, uint64_t now);
 Segment* segment_large_alloc_locked(size_t size, size_t align, size_t* offset);
 // Release a large/huge segment (to the cache or the OS).
 void segment_large_free_locked(Segment* s, uint64_t now);
-// A span of `slots` page slots for a large block (kSegSpan), the lowest of
-// the smallest free runs that hold it; *dirty tells whether any of its
-// slots may hold old bytes. nullptr when the OS has no memory.
-Page* segment_span_alloc_locked(uint32_t slots, bool* dirty);
+// A span of `slots` page slots for a large block (kSegSpan), where most of
+// them are resident; *old_bytes gets the slots (bit i: the segment's slot
+// i) that may hold old bytes, which calloc zeroes. nullptr when the OS has
+// no memory.
+Page* segment_span_alloc_locked(uint32_t slots, uint64_t* old_bytes);
 // Give a span's slots back (the block's Page, which must be in no heap's
 // list).
 void segment_span_free_locked(Page* pg, uint64_t now);

@@ -117,6 +117,9 @@ struct Segment {
   // slot i), the Pages' in_use and dirty in one word each for the search.
   uint64_t span_free;
   uint64_t span_dirty;
+  // Free slots purged with MADV_FREE (AMALLOC_PURGE=free): not resident as
+  // far as RSS goes, but they may still read as their old bytes.
+  uint64_t span_lazy;
   size_t mapped_size;  // bytes mapped at this address
   Segment* next;       // partial list or segment cache
   Segment* prev;

@@ -5,6 +5,7 @@
 // process, so that the slots it sees are its own.
 #include <gtest/gtest.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <set>
@@ -148,4 +149,71 @@ TEST(Spans, FreedSlotsStayResidentUpToABound) {
   EXPECT_GE(amt::value_of(c.out, "KEPT_KIB"), 8 * 1024) << c.describe();
   EXPECT_GE(amt::value_of(c.out, "AFTER_COLLECT_DROP_KIB"), 8 * 1024) << c.describe();
   EXPECT_EQ(amt::value_of(c.out, "KEPT_BAD"), 0) << c.describe();
+}
+
+// realloc of a span far past what a segment holds fails cleanly (ENOMEM
+// for sizes no mapping can have), and the block stays as it was.
+AMT_SCENARIO(span_huge_realloc) {
+  unsigned char* p = filled(250 * 1024, 7);
+  std::size_t failed = 0;
+  for (std::size_t n : {(std::size_t{1} << 48) + 192 * 1024, std::size_t{1} << 48}) {
+    errno = 0;
+    void* q = am_realloc(p, n);
+    failed += q == nullptr && errno == ENOMEM;
+    if (q) p = static_cast<unsigned char*>(q);
+  }
+  print("FAILED", failed);
+  print("USABLE_KIB", am_usable_size(p) / 1024);
+  print("BAD", amt::check_pattern(p, 250 * 1024, 7) != SIZE_MAX);
+  unsigned char* other = filled(250 * 1024, 8);  // must not be p's memory
+  print("OVERLAP", other < p + 250 * 1024 && p < other + 250 * 1024);
+  am_free(other);
+  am_free(p);
+  return 0;
+}
+
+TEST(Spans, ReallocPastAnyMappingFailsAndKeepsTheBlock) {
+  auto c = amt::run_scenario("span_huge_realloc", {{"AMALLOC_BACKGROUND", "0"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "FAILED"), 2) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "USABLE_KIB"), 252) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "BAD"), 0) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "OVERLAP"), 0) << c.describe();
+}
+
+// With AMALLOC_PURGE=free, slots purged lazily may keep their bytes:
+// calloc zeroes those, and only those (fresh slots are not touched).
+AMT_SCENARIO(span_calloc_lazy) {
+  std::vector<unsigned char*> v;
+  for (std::size_t i = 0; i < 120; i++) {
+    auto* p = static_cast<unsigned char*>(am_malloc(300 * 1024));
+    std::memset(p, 0xFF, 300 * 1024);
+    v.push_back(p);
+  }
+  for (auto* p : v) am_free(p);  // past the 16 MiB pool: purged with MADV_FREE
+  std::size_t nonzero = 0;
+  for (auto*& p : v) {
+    p = static_cast<unsigned char*>(am_calloc(1, 300 * 1024));
+    nonzero += amt::check_bytes(p, 300 * 1024, 0) != SIZE_MAX;
+  }
+  print("NONZERO", nonzero);
+  for (auto* p : v) am_free(p);
+  // Fresh spans: calloc writes nothing into them.
+  const std::size_t before = amt::rss_bytes();
+  std::vector<void*> fresh;
+  for (int i = 0; i < 100; i++) fresh.push_back(am_calloc(1, 1000 * 1000));
+  print("FRESH_GROWTH_KIB", (amt::rss_bytes() - before) / 1024);
+  for (void* p : fresh) am_free(p);
+  return 0;
+}
+
+TEST(Spans, CallocZeroesOnlyWhatMayHoldOldBytes) {
+  auto c = amt::run_scenario("span_calloc_lazy",
+                             {{"AMALLOC_BACKGROUND", "0"}, {"AMALLOC_PURGE", "free"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "NONZERO"), 0) << c.describe();
+  // 100 MB of calloc'ed spans that nobody writes; the ones that reuse the
+  // 36 MiB freed above are zeroed (and so resident) where they may hold
+  // old bytes.
+  EXPECT_LT(amt::value_of(c.out, "FRESH_GROWTH_KIB"), 40 * 1024) << c.describe();
 }
