@@ -527,7 +527,7 @@ void heap_collect(Heap* h, bool force) {
       }
     }
     if (g_options.mesh && h->is_default) mesh_heap(h, os_now_ms());
-    if (g_options.trim) trim_heap(h, os_now_ms(), ~uint32_t{0});
+    if (g_options.trim) trim_heap(h, os_now_us(), ~uint32_t{0});
   }
   LockGuard g;
   uint64_t now = os_now_ms();

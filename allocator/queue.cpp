@@ -163,7 +163,7 @@ void heap_page_unfull(Heap* h, Page* pg) {
   queue_push_back(h, pg);
   // Frees into full pages: pages may turn sparse, so a trim pass that
   // backed off comes back at the next slow path.
-  if (pg->block_size > kOsPage) h->trim_every_ms = kTrimEveryMs;
+  if (pg->block_size > kOsPage) h->trim_every_us = kTrimEveryUs;
 }
 
 }  // namespace am

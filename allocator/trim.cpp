@@ -148,8 +148,8 @@ void trim_forget(Page* pg) {
 }
 
 void trim_heap(Heap* h, uint64_t now, uint32_t max_us) {
-  h->last_trim_ms = now;
-  const uint64_t deadline = max_us == ~uint32_t{0} ? ~uint64_t{0} : os_now_us() + max_us;
+  h->last_trim_us = now;
+  const uint64_t deadline = max_us == ~uint32_t{0} ? ~uint64_t{0} : now + max_us;
   bool did = false, out_of_time = false;
   unsigned c = h->trim_next_class % kNumClasses;
   for (unsigned k = 0; k < kNumClasses && !out_of_time; k++, c = (c + 1) % kNumClasses) {
@@ -167,12 +167,13 @@ void trim_heap(Heap* h, uint64_t now, uint32_t max_us) {
       pg = next;
     }
   }
-  // A pass that ran out of time comes back at the next clock tick (the
-  // work left is bounded by the memory freed), one that did something soon,
-  // one that did nothing backs off.
-  uint32_t backoff = 2 * h->trim_every_ms;
-  uint32_t wait = out_of_time ? 1 : did || backoff < kTrimEveryMs ? kTrimEveryMs : backoff;
-  h->trim_every_ms = wait > kTrimMaxWaitMs ? kTrimMaxWaitMs : wait;
+  // A pass that ran out of time comes back first (kTrimBacklogUs), one
+  // that did something soon, one that did nothing backs off.
+  uint32_t backoff = 2 * h->trim_every_us;
+  uint32_t wait = out_of_time                     ? kTrimBacklogUs
+                  : did || backoff < kTrimEveryUs ? kTrimEveryUs
+                                                  : backoff;
+  h->trim_every_us = wait > kTrimMaxWaitUs ? kTrimMaxWaitUs : wait;
 }
 
 }  // namespace am

@@ -18,18 +18,19 @@
 
 namespace am {
 
-// At most one pass per heap this often (ms) while passes find work, at the
-// next clock tick while they run out of time (the work left is bounded by
-// the memory freed); a pass that finds nothing doubles the wait, up to
-// kTrimMaxWaitMs.
-constexpr uint32_t kTrimEveryMs = 5;
-constexpr uint32_t kTrimMaxWaitMs = 100;
+// At most one pass per heap this often (us) while passes find work; a
+// pass that finds nothing doubles the wait, up to kTrimMaxWaitUs.
+constexpr uint32_t kTrimEveryUs = 5000;
+constexpr uint32_t kTrimMaxWaitUs = 100000;
+// The wait after a pass that ran out of time: 200 us of every 2 ms (10% of
+// the thread) while sparse pages wait. Their work is bounded by the memory
+// freed, so this sets how soon RSS follows, not the total cost.
+constexpr uint32_t kTrimBacklogUs = 2000;
 // The time a pass may take (us). An madvise call costs 1.6 us here when
 // the process runs one thread, 12 us when another of its threads runs on
 // another core (the TLB shootdown interrupts it), so a budget in calls
-// would be 8x too long or too short: a slow path stops after 200 us (at
-// most every 5 ms: 4% of a thread's time while there is work), an idle
-// point, where the executor is about to block, after 1 ms.
+// would be 8x too long or too short: a slow path stops after 200 us, an
+// idle point, where the executor is about to block, after 1 ms.
 constexpr uint32_t kTrimUsSlowPath = 200;
 constexpr uint32_t kTrimUsIdle = 1000;
 
@@ -46,8 +47,8 @@ void trim_forget(Page* pg);
 
 inline void trim_maybe(Heap* h, uint32_t max_us) {
   if (!g_options.trim) return;
-  uint64_t now = os_now_ms();
-  if (now - h->last_trim_ms >= h->trim_every_ms) trim_heap(h, now, max_us);
+  uint64_t now = os_now_us();
+  if (now - h->last_trim_us >= h->trim_every_us) trim_heap(h, now, max_us);
 }
 
 }  // namespace am

@@ -164,8 +164,8 @@ struct Heap {
   uint32_t mesh_every_ms = 0;   // and the wait before the next (backs off)
   uint8_t mesh_next_class = 0;  // where the next pass starts
   uint8_t trim_next_class = 0;  // the same for trimming (trim.cpp)
-  uint32_t trim_every_ms = 0;
-  uint64_t last_trim_ms = 0;
+  uint32_t trim_every_us = 0;
+  uint64_t last_trim_us = 0;
   Heap* next = nullptr;  // all heaps ever made / the pool of unused heaps
   Heap* pool_next = nullptr;
   // Counters kept by the owner without atomics; summed by stats.
