@@ -112,7 +112,15 @@ void* alloc_realloc(Heap* h, void* p, size_t size) {
   } else if (size <= old && size > old / 2) {
     return p;  // fits, and not much smaller
   }
-  void* q = alloc_from(h, size);
+  // A block grown a little past its class is likely to grow again (a
+  // buffer realloc'ed to each new length, as C code appends): it moves
+  // into room for 1/8 more, so that the next small steps stay in place.
+  size_t want = size;
+  if (size > old && size - old < old / 4 && size <= kMediumMax) {
+    want = size + size / 8;
+    if (want > kMediumMax) want = kMediumMax;
+  }
+  void* q = alloc_from(h, want);
   if (!q) return nullptr;
   memcpy(q, p, size < old ? size : old);
   free_fast(p);

@@ -248,3 +248,27 @@ TEST(Calloc, ZeroesAfterReallocAndAlignedUse) {
 }
 
 }  // namespace
+
+// A buffer realloc'ed to each new length in small steps (as C code appends)
+// gets room for 1/8 more when it moves, so it moves at about every other
+// class, not at each of the 48 classes from 1 KiB to 64 KiB.
+TEST(Realloc, SmallStepsMoveAtAboutEveryOtherClass) {
+  const std::uint64_t seed = 9;
+  std::size_t n = 1000;
+  void* p = am_malloc(n);
+  ASSERT_NE(p, nullptr);
+  amt::fill_pattern(p, n, seed);
+  std::size_t moves = 0;
+  while (n + 50 <= 60000) {
+    void* q = am_realloc(p, n + 50);
+    ASSERT_NE(q, nullptr);
+    moves += q != p;
+    p = q;
+    n += 50;
+    amt::fill_pattern(p, n, seed);
+  }
+  EXPECT_EQ(amt::check_pattern(p, n, seed), SIZE_MAX);
+  EXPECT_GE(moves, 15u);
+  EXPECT_LE(moves, 32u) << "moves: " << moves;
+  am_free(p);
+}
