@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <thread>
@@ -264,4 +265,40 @@ TEST(Trim, AnOsPageSharedWithATrimmedBlockGoesToo) {
   EXPECT_EQ(amt::value_of(c.out, "LIVE_BAD"), 0) << c.describe();
   EXPECT_EQ(amt::value_of(c.out, "AGAIN_IN_P"), 46) << c.describe();
   EXPECT_EQ(amt::value_of(c.out, "AGAIN_BAD"), 0) << c.describe();
+}
+
+// No am_collect and no idle point: a heap that goes on allocating from the
+// pages it has (so it never needs a new one) trims its sparse pages at the
+// slow path where a page runs out, in passes of 200 us.
+AMT_SCENARIO(trim_while_allocating) {
+  // Pages of 64-byte blocks, each kept by a survivor: the loop below fills
+  // and empties them without needing a new page.
+  std::vector<void*> small, survivors;
+  for (int i = 0; i < 20000; i++) small.push_back(am_malloc(64));
+  for (std::size_t i = 0; i < small.size(); i++)
+    if (i % 256 == 0)
+      survivors.push_back(small[i]);
+    else
+      am_free(small[i]);
+  small.clear();
+  std::vector<Obj> kept = sparse();
+  const std::uint64_t t0 = amt::stats().trimmed_bytes;
+  const auto start = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(300)) {
+    for (int i = 0; i < 19900; i++) small.push_back(am_malloc(64));  // pages run out
+    for (void* p : small) am_free(p);
+    small.clear();
+  }
+  for (void* p : survivors) am_free(p);
+  print("TRIMMED_KIB", (amt::stats().trimmed_bytes - t0) / 1024);
+  print("KEPT_BAD", bad(kept));
+  for (const Obj& o : kept) am_free(o.p);
+  return 0;
+}
+
+TEST(Trim, SparsePagesAreTrimmedWhileTheHeapAllocates) {
+  auto c = amt::run_scenario("trim_while_allocating", {{"AMALLOC_BACKGROUND", "0"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  EXPECT_GT(amt::value_of(c.out, "TRIMMED_KIB"), 18 * 1024) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "KEPT_BAD"), 0) << c.describe();
 }
