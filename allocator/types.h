@@ -77,7 +77,7 @@ struct Page {
   };
   Page* mesh_next;
   uint16_t trim_used;  // `used` when trim.cpp last trimmed the page; 0: never
-  uint16_t trim_seen;  // a head page's state at the last trim pass (trim.cpp)
+  uint16_t trim_seen;  // the page's state at the last trim pass (trim.cpp)
   // Free blocks that trim.cpp gave back to the OS and took off `free`
   // (marked in Segment::trimmed); linked again when `free` runs dry.
   uint8_t trimmed;
