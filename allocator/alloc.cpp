@@ -120,7 +120,12 @@ void* alloc_realloc(Heap* h, void* p, size_t size) {
     want = size + size / 8;
     if (want > kMediumMax) want = kMediumMax;
   }
+  const int saved_errno = errno;
   void* q = alloc_from(h, want);
+  if (!q && want != size) {  // the room was a bonus
+    errno = saved_errno;
+    q = alloc_from(h, size);
+  }
   if (!q) return nullptr;
   memcpy(q, p, size < old ? size : old);
   free_fast(p);

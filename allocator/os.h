@@ -60,8 +60,9 @@ void os_stdio_list_lock();
 void os_stdio_list_unlock();
 void os_stdio_list_reset();
 int os_getpid();
-uint64_t os_now_ms();  // coarse: a tick of the kernel clock
-uint64_t os_now_us();  // precise (vDSO), for rates finer than a tick
+uint64_t os_now_ms();                // coarse: a tick of the kernel clock
+uint64_t os_now_us();                // precise (vDSO), for rates finer than a tick
+uint64_t os_coarse_resolution_ms();  // how far os_now_ms() may lag (>= 1)
 // membarrier(2), private expedited: registers the process; false where the
 // kernel lacks it (the caller then uses fences on both sides).
 bool os_membarrier_register();

@@ -162,8 +162,12 @@ void heap_page_unfull(Heap* h, Page* pg) {
   pg->owner_fast.store(h, std::memory_order_relaxed);
   queue_push_back(h, pg);
   // Frees into full pages: pages may turn sparse, so a trim pass that
-  // backed off comes back at the next slow path.
-  if (pg->block_size > kOsPage) h->trim_every_us = kTrimEveryUs;
+  // backed off comes back at the next slow path (one that waits less, for
+  // a backlog, keeps its wait).
+  if (pg->block_size > kOsPage && h->trim_every_us > kTrimEveryUs) {
+    h->trim_every_us = kTrimEveryUs;
+    h->trim_gate_ms = 0;
+  }
 }
 
 }  // namespace am

@@ -28,9 +28,12 @@ bool wants_trim(const Page* pg) {
 // their pages a quarter live or less while in use, took 16-17 k page
 // faults with every such page trimmed, 9 k with this (and without
 // trimming).
+uint16_t signature(const Page* pg) {
+  return static_cast<uint16_t>(pg->used * 40503u ^ (reinterpret_cast<uintptr_t>(pg->free) >> 4));
+}
+
 bool idle_since_last_pass(Page* pg) {
-  auto sig =
-      static_cast<uint16_t>(pg->used * 40503u ^ (reinterpret_cast<uintptr_t>(pg->free) >> 4));
+  uint16_t sig = signature(pg);
   if (pg->trim_seen == sig) return true;
   pg->trim_seen = sig;
   return false;
@@ -155,20 +158,28 @@ void trim_heap(Heap* h, uint64_t now, uint32_t max_us) {
   const bool unlimited = max_us == ~uint32_t{0};
   const uint64_t deadline = unlimited ? ~uint64_t{0} : now + max_us;
   bool did = false, out_of_time = false;
+  unsigned walked = 0;
   unsigned c = h->trim_next_class % kNumClasses;
   for (unsigned k = 0; k < kNumClasses && !out_of_time; k++, c = (c + 1) % kNumClasses) {
     h->trim_next_class = static_cast<uint8_t>(c);
     if (kClassSize[c] <= kOsPage) continue;
     for (Page* pg = h->queues[c].first; pg && !out_of_time;) {
       Page* next = pg->next;
+      // The walk itself keeps to the budget too (thousands of pages).
+      if (++walked % 64 == 0 && !unlimited && os_now_us() >= deadline) {
+        out_of_time = true;
+        break;
+      }
       page_collect(pg);
       if (page_is_empty(pg) && !pg->is_head) {
         heap_page_empty(h, pg);  // the remote frees just collected emptied it
       } else if (wants_trim(pg)) {
         did = true;  // now, or at the next pass if the page stays idle
         // am_collect gives back at once all but the head page.
-        if ((unlimited && !pg->is_head) || idle_since_last_pass(pg))
+        if ((unlimited && !pg->is_head) || idle_since_last_pass(pg)) {
           out_of_time = !trim_page(pg, deadline);
+          pg->trim_seen = signature(pg);  // its new list is not a use
+        }
       }
       pg = next;
     }
@@ -180,6 +191,11 @@ void trim_heap(Heap* h, uint64_t now, uint32_t max_us) {
                   : did || backoff < kTrimEveryUs ? kTrimEveryUs
                                                   : backoff;
   h->trim_every_us = wait > kTrimMaxWaitUs ? kTrimMaxWaitUs : wait;
+  // A long wait is first checked against the coarse clock (cheaper to
+  // read), which lags the precise one by its resolution or more (6 ms
+  // seen here with a 4 ms tick): no pass is due before this (trim_maybe).
+  uint64_t due_ms = (now + h->trim_every_us) / 1000, margin = 2 * os_coarse_resolution_ms() + 2;
+  h->trim_gate_ms = h->trim_every_us >= 20000 && due_ms > margin ? due_ms - margin : 0;
 }
 
 }  // namespace am

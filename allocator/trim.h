@@ -46,7 +46,7 @@ Block* page_untrim(Page* pg);
 void trim_forget(Page* pg);
 
 inline void trim_maybe(Heap* h, uint32_t max_us) {
-  if (!g_options.trim) return;
+  if (!g_options.trim || os_now_ms() < h->trim_gate_ms) return;
   uint64_t now = os_now_us();
   if (now - h->last_trim_us >= h->trim_every_us) trim_heap(h, now, max_us);
 }

@@ -166,7 +166,8 @@ struct Heap {
   uint8_t trim_next_class = 0;  // the same for trimming (trim.cpp)
   uint32_t trim_every_us = 0;
   uint64_t last_trim_us = 0;
-  Heap* next = nullptr;  // all heaps ever made / the pool of unused heaps
+  uint64_t trim_gate_ms = 0;  // no pass due before (os_now_ms; trim.cpp)
+  Heap* next = nullptr;       // all heaps ever made / the pool of unused heaps
   Heap* pool_next = nullptr;
   // Counters kept by the owner without atomics; summed by stats.
   uint64_t remote_frees = 0;
