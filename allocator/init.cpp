@@ -11,6 +11,7 @@
 #include "allocator/lock.h"
 #include "allocator/options.h"
 #include "allocator/stats.h"
+#include "allocator/trim.h"
 #include "amalloc/amalloc.h"
 
 namespace am {
@@ -22,15 +23,18 @@ namespace {
 std::atomic<uint8_t> g_inited;
 
 void fork_prepare() {
+  trim_fork_prepare();
   pthread_mutex_lock(&g_lock);
   filemap_fork_prepare();
 }
 void fork_parent() {
   filemap_fork_parent();
   pthread_mutex_unlock(&g_lock);
+  trim_fork_parent();
 }
 void fork_child() {
   pthread_mutex_init(&g_lock, nullptr);
+  trim_fork_child();
   filemap_fork_child();
   heap_fork_child();
   background_fork_child();

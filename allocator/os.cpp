@@ -293,15 +293,18 @@ uint64_t os_now_ms() {
 }
 
 uint64_t os_coarse_resolution_ms() {
-  static uint64_t res_ms;  // the same value for every thread that sets it
-  if (res_ms == 0) {
+  // Threads that race here store the same value.
+  static std::atomic<uint64_t> res_ms{0};
+  uint64_t ms = res_ms.load(std::memory_order_relaxed);
+  if (ms == 0) {
     struct timespec ts = {0, 10000000};  // 10 ms (HZ=100) if unknown
     clock_getres(CLOCK_MONOTONIC_COARSE, &ts);
-    uint64_t ms = static_cast<uint64_t>(ts.tv_sec) * 1000 +
-                  (static_cast<uint64_t>(ts.tv_nsec) + 999999) / 1000000;
-    res_ms = ms ? ms : 1;
+    ms = static_cast<uint64_t>(ts.tv_sec) * 1000 +
+         (static_cast<uint64_t>(ts.tv_nsec) + 999999) / 1000000;
+    if (ms == 0) ms = 1;
+    res_ms.store(ms, std::memory_order_relaxed);
   }
-  return res_ms;
+  return ms;
 }
 
 uint64_t os_now_us() {

@@ -1,5 +1,7 @@
 #include "allocator/trim.h"
 
+#include <pthread.h>
+
 #include "allocator/heap.h"
 #include "allocator/page.h"
 #include "allocator/segment.h"
@@ -8,6 +10,12 @@
 namespace am {
 
 namespace {
+
+// One pass at a time in the process, and none across fork(): a pass takes
+// blocks off a free list and marks them trimmed in steps, and a fork child
+// adopts the pages of the threads it lost (heap_fork_child). A slow path
+// that finds a pass running skips its own; am_collect and fork wait.
+pthread_mutex_t g_trim_lock = PTHREAD_MUTEX_INITIALIZER;
 
 constexpr size_t kHotBytes = 64 * 1024;
 static_assert(kSlotSize * kMediumSpan / (kOsPage + 16) < 128, "trim_page's bitmap");
@@ -153,9 +161,17 @@ void trim_forget(Page* pg) {
   pg->trimmed = 0;
 }
 
+void trim_fork_prepare() { pthread_mutex_lock(&g_trim_lock); }
+void trim_fork_parent() { pthread_mutex_unlock(&g_trim_lock); }
+void trim_fork_child() { pthread_mutex_init(&g_trim_lock, nullptr); }
+
 void trim_heap(Heap* h, uint64_t now, uint32_t max_us) {
-  h->last_trim_us = now;
   const bool unlimited = max_us == ~uint32_t{0};
+  if (unlimited)
+    pthread_mutex_lock(&g_trim_lock);
+  else if (pthread_mutex_trylock(&g_trim_lock) != 0)
+    return;  // another heap's pass: this one at the next slow path
+  h->last_trim_us = now;
   const uint64_t deadline = unlimited ? ~uint64_t{0} : now + max_us;
   bool did = false, out_of_time = false;
   unsigned walked = 0;
@@ -196,6 +212,7 @@ void trim_heap(Heap* h, uint64_t now, uint32_t max_us) {
   // seen here with a 4 ms tick): no pass is due before this (trim_maybe).
   uint64_t due_ms = (now + h->trim_every_us) / 1000, margin = 2 * os_coarse_resolution_ms() + 2;
   h->trim_gate_ms = h->trim_every_us >= 20000 && due_ms > margin ? due_ms - margin : 0;
+  pthread_mutex_unlock(&g_trim_lock);
 }
 
 }  // namespace am
