@@ -161,13 +161,8 @@ void heap_page_unfull(Heap* h, Page* pg) {
   pg->xthread_free.fetch_and(~kXFull, std::memory_order_seq_cst);
   pg->owner_fast.store(h, std::memory_order_relaxed);
   queue_push_back(h, pg);
-  // Frees into full pages: pages may turn sparse, so a trim pass that
-  // backed off comes back at the next slow path (one that waits less, for
-  // a backlog, keeps its wait).
-  if (pg->block_size > kOsPage && h->trim_every_us > kTrimEveryUs) {
-    h->trim_every_us = kTrimEveryUs;
-    h->trim_gate_ms = 0;
-  }
+  // Frees into full pages: pages may turn sparse.
+  if (pg->block_size > kOsPage) trim_soon(h);
 }
 
 }  // namespace am

@@ -81,6 +81,14 @@ void purge_range(Segment* s, uint8_t* p, size_t n) {
     os_purge(p, n);
 }
 
+// Free slot `j` of span segment `s` was just purged: not resident any more,
+// but with MADV_FREE it may still read as its old bytes.
+void span_slot_purged(Segment* s, uint32_t j) {
+  s->pages[j].dirty = 0;
+  s->span_dirty &= ~(uint64_t{1} << j);
+  if (g_options.purge_free) s->span_lazy |= uint64_t{1} << j;
+}
+
 // A cached segment is purged past its header, which holds the cache links.
 void purge_cached(Segment* s) {
   if (s->dirty_end > kHeaderBytes)
@@ -422,9 +430,7 @@ void span_release(Segment* s, uint32_t from, uint32_t to, uint32_t touched, uint
     if (!p.dirty) continue;
     if (g_options.purge_delay_ms == 0 || g_span_dirty + kSlotSize > kSpanDirtyMax) {
       purge_range(s, page_area(s, &p), kSlotSize);
-      p.dirty = 0;
-      s->span_dirty &= ~(uint64_t{1} << j);
-      if (g_options.purge_free) s->span_lazy |= uint64_t{1} << j;
+      span_slot_purged(s, j);
     } else {
       s->span_dirty |= uint64_t{1} << j;
       g_span_dirty += kSlotSize;
@@ -566,8 +572,7 @@ void for_each_dirty(uint64_t now, F f) {
         pg->dirty = 0;
         if (s->kind == kSegSpan) {
           g_span_dirty -= kSlotSize;
-          s->span_dirty &= ~(uint64_t{1} << (pg - s->pages));
-          if (g_options.purge_free) s->span_lazy |= uint64_t{1} << (pg - s->pages);
+          span_slot_purged(s, static_cast<uint32_t>(pg - s->pages));
         }
       });
     }

@@ -50,6 +50,14 @@ void trim_fork_prepare();
 void trim_fork_parent();
 void trim_fork_child();
 
+// Pages of `h` may be thinning out: a pass that backed off comes back at
+// the next slow path (one that waits less, for a backlog, keeps its wait).
+inline void trim_soon(Heap* h) {
+  if (h->trim_every_us <= kTrimEveryUs) return;
+  h->trim_every_us = kTrimEveryUs;
+  h->trim_gate_ms = 0;
+}
+
 inline void trim_maybe(Heap* h, uint32_t max_us) {
   if (!g_options.trim || os_now_ms() < h->trim_gate_ms) return;
   uint64_t now = os_now_us();
