@@ -16,8 +16,9 @@ void background_add_task(BackgroundTask task);
 // 0: not started, 1: starting or running, 2: disabled or stopped.
 extern std::atomic<uint8_t> g_bg_state;
 void background_start();
-// Called from slow paths (never with g_lock held): starts the worker on
-// first use, once the process's constructors have run.
+// Called from slow paths (never with g_lock or a heap lock held: creating
+// the thread allocates): starts the worker on first use, once the
+// process's constructors have run.
 inline void background_maybe_start() {
   if (__builtin_expect(g_bg_state.load(std::memory_order_relaxed) == 0, 0)) background_start();
 }

@@ -15,6 +15,15 @@
 #define AM_APPROXIMATE_READS __attribute__((no_sanitize("thread")))
 #endif
 
+// Built with ThreadSanitizer (GCC says so with a macro, clang with a feature).
+#if defined(__SANITIZE_THREAD__)
+#define AM_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define AM_TSAN 1
+#endif
+#endif
+
 // A spin-wait hint for locks held a few microseconds at most.
 #if defined(__x86_64__) || defined(__i386__)
 #define AM_CPU_RELAX() __builtin_ia32_pause()

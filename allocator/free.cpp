@@ -75,21 +75,13 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
   if (owner == h && h != &g_empty_heap) {
     // Our own page, taken off the fast path because it is full.
     if (!check_block("free", p, pg)) return;
-    // A full page's blocks are shared with a sweep (see Heap::full_lock).
-    bool full = pg->in_full;
-    if (full) full_lock(h);
-    if (p == pg->free) {
-      if (full) full_unlock(h);
-      return report("free", p, "double free of");
-    }
+    HeapLock lock(h);  // a full page's blocks are shared with a sweep
+    if (p == pg->free) return report("free", p, "double free of");
     Block* b = static_cast<Block*>(p);
     b->next = pg->free;
     pg->free = b;
     pg->used--;
-    if (full) {
-      heap_page_unfull(h, pg);
-      full_unlock(h);
-    }
+    if (pg->in_full) heap_page_unfull(h, pg);
     if (pg->used == 0) heap_page_empty(h, pg);
     return;
   }
@@ -133,8 +125,12 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
       o->full_remote_hint.store(1, std::memory_order_seq_cst);
       background_kick();
     }
-    if (!o->remote_hint.load(std::memory_order_seq_cst))
+    // 2: a sweep looked at the pages since the owner last collected; this
+    // free may have emptied one, so it wakes the worker too.
+    if (uint8_t hint = o->remote_hint.load(std::memory_order_seq_cst); hint != 1) {
       o->remote_hint.store(1, std::memory_order_seq_cst);
+      background_kick();
+    }
   }
 }
 

@@ -56,12 +56,6 @@ void make_key() { pthread_key_create(&g_heap_key, heap_thread_exit); }
 // inside pthread_once would leave the child waiting on it for ever.
 __attribute__((constructor(102))) void heap_start() { pthread_once(&g_key_once, make_key); }
 
-// A page with no live block leaves its heap: into the burst reserve when
-// the predictor keeps one (predict.h), else back to its segment.
-void give_back_locked(Page* pg, uint64_t now) {
-  if (!reserve_keep_locked(pg)) segment_page_free_locked(pg, now);
-}
-
 void retire(Page* pg) {
   LockGuard g;
   give_back_locked(pg, os_now_ms());
@@ -162,8 +156,9 @@ void heap_reset(Heap* h) {
   memset(static_cast<void*>(h->queues), 0, sizeof h->queues);
   h->full = nullptr;
   h->full_remote_hint.store(0, std::memory_order_relaxed);
-  h->full_lock.store(0, std::memory_order_relaxed);
-  h->sweep_seen = 0;
+  h->lock.store(0, std::memory_order_relaxed);
+  h->sweep_seen = h->idle_seen = h->sweep_class = 0;
+  h->locks = h->locks_seen = 0;
 }
 
 Heap* heap_carve_locked() {
@@ -264,6 +259,10 @@ void ensure_key() {
 
 }  // namespace
 
+void give_back_locked(Page* pg, uint64_t now) {
+  if (!reserve_keep_locked(pg)) segment_page_free_locked(pg, now);
+}
+
 Heap* heap_get() {
   Heap* h = t_heap;
   if (AM_LIKELY(h != &g_empty_heap)) return h;
@@ -362,6 +361,8 @@ static void collect_remote(Heap* h) {
 }
 
 void heap_idle_work(Heap* h, bool collect, bool tick) {
+  if (tick) background_maybe_start();  // not under the heap lock: see below
+  HeapLock lock(h);
   if (collect) collect_remote(h);
   if (tick) {
     maintenance_maybe();
@@ -370,7 +371,7 @@ void heap_idle_work(Heap* h, bool collect, bool tick) {
   }
 }
 
-void* heap_alloc_class(Heap* h, unsigned cls) {
+static void* alloc_class_locked(Heap* h, unsigned cls) {
   for (;;) {
     while (Page* pg = h->queues[cls].first) {
       if (pg->free) return pop(pg);
@@ -409,6 +410,14 @@ void* heap_alloc_class(Heap* h, unsigned cls) {
   }
 }
 
+void* heap_alloc_class(Heap* h, unsigned cls) {
+  // pthread_create allocates (calloc of the new thread's DTV), from this
+  // heap: the worker starts before the heap lock is taken.
+  background_maybe_start();
+  HeapLock lock(h);
+  return alloc_class_locked(h, cls);
+}
+
 Heap* heaps_first_locked() { return g_heaps; }
 
 void heap_page_empty(Heap* h, Page* pg) {
@@ -416,82 +425,17 @@ void heap_page_empty(Heap* h, Page* pg) {
   retire(pg);
 }
 
-void page_emptied(Page* pg) { heap_page_empty(t_heap, pg); }
-
-// Remote frees into the full pages of an owner that stopped collecting
-// them (it neither allocates nor idles: blocked, or done with this heap).
-// Each sweep marks the heaps whose full-page hint is set; a heap still
-// marked at the next sweep, kSweepMs later, has its full pages collected
-// here: emptied ones go back to their segment (and decay like any free
-// page); the others keep the collected blocks on `free`, and `remote_hint`
-// sends the owner to move them back to its queues at its next slow path or
-// idle point. The hint is cleared before the scan, so a free that the scan
-// misses sets it again (and wakes the worker). A sweep never waits for an
-// owner: it try-locks the heap's full list. Under g_lock, which also keeps
-// thread exit and heap destruction away. Returns whether to look again.
-constexpr uint64_t kSweepMs = 10;
-constexpr unsigned kSweepPagesPerHeap = 256;  // pages collected a pass: bounds the owner's wait
-
-bool sweep_full_pages_locked(uint64_t now) {
-  bool again = false;
-  for (Heap* h = g_heaps; h; h = h->next) {
-    if (!h->live) continue;
-    if (!h->full_remote_hint.load(std::memory_order_seq_cst)) {
-      h->sweep_seen = 0;
-      continue;
-    }
-    again = true;
-    if (!h->sweep_seen) {  // give the owner a chance first
-      h->sweep_seen = 1;
-      continue;
-    }
-    if (h->full_lock.exchange(1, std::memory_order_acquire)) continue;
-    h->full_remote_hint.store(0, std::memory_order_seq_cst);
-    h->sweep_seen = 0;
-    // The budget counts pages that had frees to collect (a page collected
-    // before and untouched since costs only a look), so a later sweep
-    // always gets past the pages an earlier one dealt with.
-    unsigned budget = kSweepPagesPerHeap;
-    bool kept = false;
-    Page* emptied = nullptr;
-    Page* pg = h->full;
-    while (pg && budget > 0) {
-      Page* next = pg->next;
-      if (page_collect(pg)) {
-        budget--;
-        if (pg->used == 0) {
-          full_remove(h, pg);
-          pg->in_full = 0;
-          pg->next = emptied;
-          emptied = pg;
-        } else {
-          kept = true;
-        }
-      }
-      pg = next;
-    }
-    if (pg) {  // out of budget: the rest at the next sweep
-      h->full_remote_hint.store(1, std::memory_order_seq_cst);
-      h->sweep_seen = 1;
-    }
-    full_unlock(h);
-    if (kept) h->remote_hint.store(1, std::memory_order_seq_cst);
-    // Out of the owner's reach now; freeing them (which may purge or unmap)
-    // need not hold up its slow path.
-    while (Page* e = emptied) {
-      emptied = e->next;
-      stats_add(g_os_stats.swept_pages, 1);
-      give_back_locked(e, now);
-    }
-  }
-  return again;
+void page_emptied(Page* pg) {
+  Heap* h = t_heap;
+  HeapLock lock(h);
+  heap_page_empty(h, pg);
 }
 
 // The worker's share of the engine: purge and sweep (see background.cpp).
 uint64_t maintenance_tick(uint64_t now) {
   if (pthread_mutex_trylock(&g_lock) != 0) return now + 1;  // busy: soon again
   sweep_abandoned_locked(now);  // first: pages it empties are due after the delay
-  bool owners = sweep_full_pages_locked(now);
+  bool owners = sweep_owners_locked(now);
   uint64_t next = segment_purge_locked(now, false);
   if (owners && now + kSweepMs < next) next = now + kSweepMs;
   // Abandoned pages still hold blocks that others will free: look again.
@@ -502,7 +446,6 @@ uint64_t maintenance_tick(uint64_t now) {
 }
 
 void maintenance_maybe() {
-  background_maybe_start();
   uint64_t now = os_now_ms();
   if (now - g_last_purge_ms.load(std::memory_order_relaxed) <
       (g_options.purge_delay_ms + 1) / 2 + 1)
@@ -510,12 +453,13 @@ void maintenance_maybe() {
   if (pthread_mutex_trylock(&g_lock) != 0) return;
   segment_purge_locked(now, false);
   sweep_abandoned_locked(now);
-  sweep_full_pages_locked(now);
+  sweep_owners_locked(now);
   pthread_mutex_unlock(&g_lock);
 }
 
 void heap_collect(Heap* h, bool force) {
   if (h != &g_empty_heap) {
+    HeapLock lock(h);
     unfull_remote(h);
     for (unsigned c = 0; c < kNumClasses; c++) {
       Page* pg = h->queues[c].first;
@@ -557,7 +501,7 @@ void heap_fork_child() {
   // lock held by a thread that is gone is released.
   LockGuard g;
   for (Heap* h = g_heaps; h; h = h->next) {
-    h->full_lock.store(0, std::memory_order_relaxed);
+    h->lock.store(0, std::memory_order_relaxed);
     if (!h->live) continue;
     if (h->is_default && h != t_default)
       heap_abandon_locked(h);

@@ -19,29 +19,50 @@ extern __thread Heap* t_default __attribute__((tls_model("initial-exec")));
 // The calling thread's heap, creating it on first use; nullptr if the OS
 // refuses memory for it.
 Heap* heap_get();
-// Allocate a block of class `cls` (the slow path behind the direct table).
+// Allocate a block of class `cls` (the slow path behind the direct table;
+// takes the heap lock).
 void* heap_alloc_class(Heap* h, unsigned cls);
 // The owner freed the last block of a page that is not its queue's head.
 void heap_page_empty(Heap* h, Page* pg);
 // The same, from the free fast path (which does not load the heap).
 void page_emptied(Page* pg);
-// The owner freed a block into one of its full pages (full_lock held).
+// The owner freed a block into one of its full pages (heap lock held).
 void heap_page_unfull(Heap* h, Page* pg);
-// Heap::full_lock. The owner may wait for a sweep (which holds it for a
-// bounded number of pages); a sweep never waits for the owner.
-inline void full_lock(Heap* h) {
+// Heap::lock, taken by the owner around every slow path that touches its
+// queues or pages: a sweep (sweep.cpp) may then work on them. The owner
+// may wait for a sweep (which holds it for a bounded number of pages); a
+// sweep never waits for the owner (heap_trylock).
+inline void heap_lock(Heap* h) {
   unsigned spins = 0;
-  while (h->full_lock.exchange(1, std::memory_order_acquire))
-    while (h->full_lock.load(std::memory_order_relaxed))
+  while (h->lock.exchange(1, std::memory_order_acquire))
+    while (h->lock.load(std::memory_order_relaxed))
       if (++spins < 256)
         AM_CPU_RELAX();
       else
         os_yield();  // the sweeping thread may have lost its CPU
+  h->locks++;
 }
-inline void full_unlock(Heap* h) { h->full_lock.store(0, std::memory_order_release); }
+inline bool heap_trylock(Heap* h) { return !h->lock.exchange(1, std::memory_order_acquire); }
+inline void heap_unlock(Heap* h) { h->lock.store(0, std::memory_order_release); }
+struct HeapLock {
+  explicit HeapLock(Heap* heap) : h(heap) { heap_lock(h); }
+  ~HeapLock() { heap_unlock(h); }
+  HeapLock(const HeapLock&) = delete;
+  HeapLock& operator=(const HeapLock&) = delete;
+  Heap* h;
+};
 // Collect remote frees, retire empty pages, and purge what is due.
 void heap_collect(Heap* h, bool force);
-// Purge and sweep abandoned pages if the purge delay has passed.
+// A page with no live block leaves its heap: into the burst reserve when
+// the predictor keeps one (predict.h), else back to its segment. Under
+// g_lock.
+void give_back_locked(Page* pg, uint64_t now);
+// The worker's sweeps of owners that stopped collecting remote frees
+// (sweep.cpp). Under g_lock; returns whether to look again in kSweepMs.
+constexpr uint64_t kSweepMs = 10;
+bool sweep_owners_locked(uint64_t now);
+// Purge and sweep abandoned pages if the purge delay has passed (the
+// caller starts the worker first: background_maybe_start).
 void maintenance_maybe();
 // Every heap ever made, linked by `next` (for the worker). Under g_lock.
 Heap* heaps_first_locked();

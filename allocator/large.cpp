@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "allocator/background.h"
 #include "allocator/heap.h"
 #include "allocator/lock.h"
 #include "allocator/options.h"
@@ -29,8 +30,12 @@ constexpr uint64_t kLargeDivc = divisibility_magic(uint64_t{1} << 32);
 }  // namespace
 
 void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
+  background_maybe_start();
   maintenance_maybe();
-  if (h != &g_empty_heap) trim_maybe(h, kTrimUsSlowPath);
+  if (h != &g_empty_heap) {
+    HeapLock lock(h);  // a pass works on the heap's pages
+    trim_maybe(h, kTrimUsSlowPath);
+  }
   size_t bsize = round_page(size);
   const bool span = bsize <= kSpanMax && align <= kSlotSize;
   Segment* s;

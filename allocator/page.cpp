@@ -124,9 +124,9 @@ Block* page_carve(Page* pg) {
 
 uint32_t page_collect(Page* pg) {
   // One collector at a time, and only it changes the flag, so the flag is
-  // the same before and after the exchange: the owner; g_lock's holder for
-  // pages without one; or a sweep, which holds g_lock and the heap's
-  // full_lock, for an owner's full pages.
+  // the same before and after the exchange: the owner under its heap lock;
+  // g_lock's holder for pages without one; or a sweep, which holds g_lock
+  // and the heap lock (sweep.cpp).
   uintptr_t v = pg->xthread_free.load(std::memory_order_seq_cst);
   if ((v & ~kXFull) == 0) return 0;
   Block* list = reinterpret_cast<Block*>(

@@ -322,6 +322,7 @@ size_t prefill(Heap* h, unsigned cls, size_t pages) {
     Page* pg = build_page(h, cls);
     if (!pg) break;
     stats_sub(g_ready_bytes, page_bytes(cls));
+    HeapLock lock(h);
     queue_push_back(h, pg);
   }
   return made;

@@ -1,5 +1,6 @@
 // A heap's page queues (one per size class, whose head the direct table
-// points at) and its full list: the owner's slow-path bookkeeping.
+// points at) and its full list: the owner's slow-path bookkeeping, all
+// under the heap lock (heap.h).
 #include "allocator/queue.h"
 
 #include "allocator/heap.h"
@@ -128,22 +129,18 @@ void page_to_full(Heap* h, Page* pg) {
   queue_remove(h, pg);
   queue_prefer_fullest(h, pg->cls);
   uintptr_t none = 0;
-  full_lock(h);
   if (!pg->xthread_free.compare_exchange_strong(none, kXFull, std::memory_order_seq_cst)) {
-    full_unlock(h);
     queue_push_back(h, pg);
     return;
   }
   pg->owner_fast.store(nullptr, std::memory_order_relaxed);
   pg->in_full = 1;
   full_push(h, pg);
-  full_unlock(h);
 }
 
 // Pages with remote frees leave the full list (or with free blocks: a
 // sweep collected their remote frees).
 void unfull_remote(Heap* h) {
-  full_lock(h);
   h->full_remote_hint.store(0, std::memory_order_seq_cst);
   Page* pg = h->full;
   while (pg) {
@@ -152,7 +149,6 @@ void unfull_remote(Heap* h) {
       heap_page_unfull(h, pg);
     pg = next;
   }
-  full_unlock(h);
 }
 
 void heap_page_unfull(Heap* h, Page* pg) {

@@ -1,5 +1,5 @@
-// A heap's page queues and its full list (the owner's slow paths; the
-// full list is shared with a sweep under Heap::full_lock, see heap.h).
+// A heap's page queues and its full list (the owner's slow paths, shared
+// with the worker's sweeps: every function here wants the heap lock held).
 #pragma once
 #include "allocator/types.h"
 
@@ -9,7 +9,7 @@ namespace am {
 // the queue's head (and so the direct table) follows.
 void queue_push_back(Heap* h, Page* pg);
 void queue_remove(Heap* h, Page* pg);
-// Take a page off the full list (full_lock held).
+// Take a page off the full list.
 void full_remove(Heap* h, Page* pg);
 // A page with nothing left to hand out leaves its queue for the full list,
 // unless remote frees arrived meanwhile.

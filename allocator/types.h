@@ -146,15 +146,24 @@ struct Heap {
   Page* full = nullptr;  // pages with no free block, doubly linked
   // Set by another thread that freed into one of our full pages.
   std::atomic<uint8_t> full_remote_hint{0};
-  // Guards the full list and the blocks of its pages between the owner's
-  // slow paths and a sweep (sweep_full_pages_locked), which collects the
+  // The owner's slow paths hold it (heap_lock): it guards the queues, the
+  // full list, and every page's free list and counts outside the fast
+  // paths, against the worker's sweeps (sweep.cpp), which collect the
   // remote frees of an owner that has stopped collecting them itself.
-  std::atomic<uint8_t> full_lock{0};
-  uint8_t sweep_seen = 0;  // the hint was set at the last sweep (under g_lock)
+  std::atomic<uint8_t> lock{0};
+  // The sweeps' own notes (under g_lock): the full-page hint was set at
+  // the last sweep; remote_hint was, with `locks` at `locks_seen`; and the
+  // class where the next sweep of queued pages starts.
+  uint8_t sweep_seen = 0;
+  uint8_t idle_seen = 0;
+  uint8_t sweep_class = 0;
+  uint32_t locks_seen = 0;
+  uint32_t locks = 0;      // times the owner took `lock` (under it)
   uint8_t live = 0;        // in use (not in the heap pool)
   uint8_t is_default = 0;  // a thread's default heap (else made by am_heap_new)
-  // Set by other threads after they free into one of our pages, so that
-  // the idle point knows there is something to collect.
+  // Set (to 1) by other threads after they free into one of our pages, so
+  // that the idle point knows there is something to collect; 2 once a
+  // sweep has looked at the pages and left the rest to the owner.
   std::atomic<uint8_t> remote_hint{0};
   // pthread_self() of the thread that has this (non-default) heap bound.
   std::atomic<uintptr_t> bound_thread{0};

@@ -189,6 +189,55 @@ AMT_SCENARIO(bg_blocked_owner_many_pages) {
   return 0;
 }
 
+// Pages that are partly used when their owner stops: they sit in its
+// queues (not on its full list), and another thread frees every block
+// still live in them. The owner fills kPages pages of 1 KiB blocks, frees
+// one block of each itself (the pages leave the full list for the queue),
+// and blocks; the main thread frees the rest, all but the blocks of kKeep
+// pages, whose contents are checked at the end (they stay live). Without
+// the sweep of queued pages, every page would wait for the owner.
+AMT_SCENARIO(bg_blocked_owner_queued_pages) {
+  constexpr int kPages = 200, kKeep = 20, kPerPage = 64;
+  std::vector<unsigned char*> v;
+  std::atomic<bool> filled{false}, done{false};
+  std::thread owner([&] {
+    for (int i = 0; i < kPages * kPerPage; i++) {
+      auto* p = static_cast<unsigned char*>(am_malloc(1024));
+      std::memset(p, i & 0xff, 1024);
+      v.push_back(p);
+    }
+    for (int i = 0; i < kPages * kPerPage; i += kPerPage) {
+      am_free(v[i]);
+      v[i] = nullptr;
+    }
+    filled.store(true);
+    while (!done.load()) std::this_thread::sleep_for(1ms);  // blocked
+  });
+  while (!filled.load()) std::this_thread::sleep_for(1ms);
+  am_stats_t s0;
+  am_stats_get(&s0);
+  for (std::size_t i = 0; i < v.size(); i++)
+    if (v[i] && i / kPerPage >= kKeep) {
+      am_free(v[i]);
+      v[i] = nullptr;
+    }
+  std::this_thread::sleep_for(500ms);
+  am_stats_t s;
+  am_stats_get(&s);
+  int bad = 0;
+  for (std::size_t i = 0; i < v.size(); i++)
+    if (v[i])
+      for (int k = 0; k < 1024; k++) bad += v[i][k] != (i & 0xff);
+  std::printf("BEFORE %llu IN_USE %llu SWEPT %llu BAD %d\n",
+              static_cast<unsigned long long>(s0.pages_in_use),
+              static_cast<unsigned long long>(s.pages_in_use),
+              static_cast<unsigned long long>(s.swept_pages - s0.swept_pages), bad);
+  done.store(true);
+  owner.join();
+  for (unsigned char* p : v) am_free(p);
+  return 0;
+}
+
 // The child of a fork has no worker until its first slow path; then it does
 // the same work as the parent's.
 AMT_SCENARIO(bg_fork_child) {
@@ -279,6 +328,25 @@ TEST(Background, SweepsGetPastMoreFullPagesThanOnePassTakes) {
   EXPECT_GE(swept, 290u) << "emptied full pages behind the first 256 were not swept\n"
                          << c.describe();
   EXPECT_LE(in_use, 310u) << c.describe();
+}
+
+TEST(Background, QueuedPagesOfABlockedOwnerAreGivenBackWhenAllTheirBlocksAreFreed) {
+  auto c = amt::run_scenario("bg_blocked_owner_queued_pages", kEnv);
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  unsigned long long before = 0, in_use = 0, swept = 0;
+  int bad = -1;
+  ASSERT_EQ(
+      std::sscanf(c.out.c_str() + c.out.find("BEFORE "),
+                  "BEFORE %llu IN_USE %llu SWEPT %llu BAD %d", &before, &in_use, &swept, &bad),
+      4)
+      << c.describe();
+  EXPECT_EQ(bad, 0) << c.describe();
+  ASSERT_GE(before, 200u) << c.describe();
+  // 180 pages emptied by the main thread's frees; 20 keep live blocks, and
+  // the owner's head page stays.
+  EXPECT_GE(swept, 170u) << "queued pages emptied by remote frees stayed with their owner\n"
+                         << c.describe();
+  EXPECT_LE(in_use, before - 170) << c.describe();
 }
 
 TEST(Background, ForkChildRestartsTheWorker) {
