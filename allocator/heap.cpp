@@ -495,10 +495,29 @@ void heap_thread_exit(void*) {
   heap_abandon_locked(d);
 }
 
+void heap_fork_prepare() {
+  Heap* done = nullptr;  // the heaps from here down the list are locked
+  for (;;) {
+    pthread_mutex_lock(&g_lock);
+    Heap* head = g_heaps;
+    pthread_mutex_unlock(&g_lock);
+    for (Heap* h = head; h != done; h = h->next) heap_lock(h);
+    done = head;
+    pthread_mutex_lock(&g_lock);
+    if (g_heaps == head) return;  // no heap was made meanwhile
+    pthread_mutex_unlock(&g_lock);
+  }
+}
+
+void heap_fork_parent() {
+  for (Heap* h = g_heaps; h; h = h->next) heap_unlock(h);
+  pthread_mutex_unlock(&g_lock);
+}
+
 void heap_fork_child() {
   // Only the forking thread lives on: the other threads' default heaps are
-  // orphaned, and heaps they had bound become free to bind. A full list
-  // lock held by a thread that is gone is released.
+  // orphaned, and heaps they had bound become free to bind. The heap locks
+  // that fork_prepare took are released.
   LockGuard g;
   for (Heap* h = g_heaps; h; h = h->next) {
     h->lock.store(0, std::memory_order_relaxed);

@@ -90,6 +90,12 @@ inline bool heap_remote_waiting(const Heap* h) {
 
 // Thread exit (pthread key destructor) and fork.
 void heap_thread_exit(void* heap);
+// fork(): no owner is inside a slow path across it, so a child that adopts
+// the other threads' heaps finds them whole. Prepare takes every heap lock
+// and then g_lock (a heap made meanwhile sends it round again); the
+// parent's handler releases them all.
+void heap_fork_prepare();
+void heap_fork_parent();
 void heap_fork_child();
 void heap_stats_sum(uint64_t* remote_frees, uint64_t* pages_adopted);
 

@@ -11,7 +11,6 @@
 #include "allocator/lock.h"
 #include "allocator/options.h"
 #include "allocator/stats.h"
-#include "allocator/trim.h"
 #include "amalloc/amalloc.h"
 
 namespace am {
@@ -23,18 +22,15 @@ namespace {
 std::atomic<uint8_t> g_inited;
 
 void fork_prepare() {
-  trim_fork_prepare();
-  pthread_mutex_lock(&g_lock);
+  heap_fork_prepare();  // every heap lock, then g_lock
   filemap_fork_prepare();
 }
 void fork_parent() {
   filemap_fork_parent();
-  pthread_mutex_unlock(&g_lock);
-  trim_fork_parent();
+  heap_fork_parent();
 }
 void fork_child() {
   pthread_mutex_init(&g_lock, nullptr);
-  trim_fork_child();
   filemap_fork_child();
   heap_fork_child();
   background_fork_child();

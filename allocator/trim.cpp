@@ -11,10 +11,11 @@ namespace am {
 
 namespace {
 
-// One pass at a time in the process, and none across fork(): a pass takes
-// blocks off a free list and marks them trimmed in steps, and a fork child
-// adopts the pages of the threads it lost (heap_fork_child). A slow path
-// that finds a pass running skips its own; am_collect and fork wait.
+// One pass at a time in the process: a slow path that finds a pass running
+// skips its own; am_collect waits. (None runs across fork(): a pass holds
+// its heap's lock, which fork_prepare takes; a fork child adopts the pages
+// of the threads it lost, and a pass caught midway would leave blocks both
+// on a free list and marked trimmed.)
 pthread_mutex_t g_trim_lock = PTHREAD_MUTEX_INITIALIZER;
 
 constexpr size_t kHotBytes = 64 * 1024;
@@ -160,10 +161,6 @@ void trim_forget(Page* pg) {
   t[0] = t[1] = 0;
   pg->trimmed = 0;
 }
-
-void trim_fork_prepare() { pthread_mutex_lock(&g_trim_lock); }
-void trim_fork_parent() { pthread_mutex_unlock(&g_trim_lock); }
-void trim_fork_child() { pthread_mutex_init(&g_trim_lock, nullptr); }
 
 void trim_heap(Heap* h, uint64_t now, uint32_t max_us) {
   const bool unlimited = max_us == ~uint32_t{0};

@@ -44,11 +44,6 @@ void trim_heap(Heap* h, uint64_t now, uint32_t max_us);
 Block* page_untrim(Page* pg);
 // A page slot starts again: no block of it is trimmed.
 void trim_forget(Page* pg);
-// fork(): no pass runs across it (init.cpp's handlers; prepare before
-// g_lock, since a pass takes g_lock).
-void trim_fork_prepare();
-void trim_fork_parent();
-void trim_fork_child();
 
 // Pages of `h` may be thinning out: a pass that backed off comes back at
 // the next slow path (one that waits less, for a backlog, keeps its wait).
