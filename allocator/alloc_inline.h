@@ -16,6 +16,27 @@ void free_slow(void* p, Page* slot);
 void free_not_ours(void* p);
 void free_bad_block(void* p, Page* pg);
 
+// The owner pushes a block onto its page's free list (`head` is
+// pg->free) without the heap lock; returns whether the page has no live
+// block left. `used` is stored last, with release: a sweep that reads it
+// equal to the page's remote frees knows that this free is complete and
+// that the owner holds no block of the page (sweep.cpp). x86 stores are
+// ordered, so there only the compiler must keep the order, and the
+// decrement stays one read-modify-write instruction (two fewer than an
+// atomic store).
+AM_INLINE bool owner_push(Page* pg, Block* b, Block* head) {
+  b->next = head;
+  pg->free = b;
+#if defined(__x86_64__) && !defined(AM_TSAN)
+  __asm__ __volatile__("" ::: "memory");
+  return --pg->used == 0;
+#else
+  uint32_t used = pg->used - 1;
+  __atomic_store_n(&pg->used, used, __ATOMIC_RELEASE);
+  return used == 0;
+#endif
+}
+
 // size -> direct slot -> page -> pop; nullptr when the page is empty.
 AM_INLINE void* direct_pop(Heap* h, size_t size) {
   Page* pg = h->direct[(size + 15) >> 4];
@@ -58,22 +79,7 @@ AM_INLINE void free_fast(void* p) {
   uint64_t off = a & (kSlotSize - 1);
   Block* head = pg->free;
   if (AM_UNLIKELY(off * pg->divc >= pg->divc || p == head)) return free_bad_block(p, pg);
-  Block* b = static_cast<Block*>(p);
-  b->next = head;
-  pg->free = b;
-  // `used` last, with release: a sweep that reads it equal to the page's
-  // remote frees knows that this free is complete and that the owner holds
-  // no block of the page (sweep.cpp). x86 stores are ordered, so there
-  // only the compiler must keep the order, and the decrement stays one
-  // read-modify-write instruction (two fewer than an atomic store).
-#if defined(__x86_64__) && !defined(AM_TSAN)
-  __asm__ __volatile__("" ::: "memory");
-  if (AM_UNLIKELY(--pg->used == 0)) page_emptied(pg);
-#else
-  uint32_t used = pg->used - 1;
-  __atomic_store_n(&pg->used, used, __ATOMIC_RELEASE);
-  if (AM_UNLIKELY(used == 0)) page_emptied(pg);
-#endif
+  if (AM_UNLIKELY(owner_push(pg, static_cast<Block*>(p), head))) page_emptied(pg);
 }
 
 }  // namespace am

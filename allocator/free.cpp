@@ -73,16 +73,31 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
   Heap* h = t_heap;
   Heap* owner = pg->heap.load(std::memory_order_relaxed);
   if (owner == h && h != &g_empty_heap) {
-    // Our own page, taken off the fast path because it is full.
+    // Our own page, off the fast path because it is full, or the block
+    // lies past the page's first slot (medium pages).
     if (!check_block("free", p, pg)) return;
-    HeapLock lock(h);  // a full page's blocks are shared with a sweep
-    if (p == pg->free) return report("free", p, "double free of");
-    Block* b = static_cast<Block*>(p);
-    b->next = pg->free;
-    pg->free = b;
-    pg->used--;
-    if (pg->in_full) heap_page_unfull(h, pg);
-    if (pg->used == 0) heap_page_empty(h, pg);
+    // Only the owner changes in_full of a page it holds a block of.
+    if (!pg->in_full) {
+      if (p == pg->free) return report("free", p, "double free of");
+      if (owner_push(pg, static_cast<Block*>(p), pg->free)) page_emptied(pg);
+      return;
+    }
+    bool twice;
+    {
+      HeapLock lock(h);  // a full page's blocks are shared with a sweep
+      twice = p == pg->free;
+      if (!twice) {
+        Block* b = static_cast<Block*>(p);
+        b->next = pg->free;
+        pg->free = b;
+        pg->used--;
+        heap_page_unfull(h, pg);
+        if (pg->used == 0) heap_page_empty(h, pg);
+      }
+    }
+    // Reported without the lock: abort() runs SIGABRT handlers, which may
+    // allocate.
+    if (twice) report("free", p, "double free of");
     return;
   }
   if (pg->in_use && pg->kind == kKindLarge) {

@@ -156,8 +156,11 @@ void heap_reset(Heap* h) {
   memset(static_cast<void*>(h->queues), 0, sizeof h->queues);
   h->full = nullptr;
   h->full_remote_hint.store(0, std::memory_order_relaxed);
-  h->lock.store(0, std::memory_order_relaxed);
-  h->sweep_seen = h->idle_seen = h->sweep_class = 0;
+  // Not the lock: heap_fork_prepare may hold it (a pooled heap), and an
+  // unused heap's lock is free otherwise.
+  h->sweep_seen = h->sweep_class = 0;
+  h->sweep_skip = 0;
+  h->idle_noted_ms = 0;
   h->locks = h->locks_seen = 0;
 }
 

@@ -32,7 +32,7 @@ constexpr uint64_t kLargeDivc = divisibility_magic(uint64_t{1} << 32);
 void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
   background_maybe_start();
   maintenance_maybe();
-  if (h != &g_empty_heap) {
+  if (h != &g_empty_heap && trim_due(h)) {
     HeapLock lock(h);  // a pass works on the heap's pages
     trim_maybe(h, kTrimUsSlowPath);
   }

@@ -86,7 +86,9 @@ bool sweep_full(Heap* h, uint64_t now) {
   heap_unlock(h);
   if (kept) h->remote_hint.store(1, std::memory_order_seq_cst);
   give_back_all_locked(emptied, now);
-  return pg != nullptr;
+  // Once more: a free during the scan set the hint again, and its wake-up
+  // found the worker awake.
+  return true;
 }
 
 // Whether every block the queued page `pg` counts as used is on its remote
@@ -106,39 +108,50 @@ bool all_freed_remotely(Page* pg, uint32_t* links) {
   return n == used;
 }
 
-// Queued pages: each sweep notes the heaps whose remote hint is set, with
-// the number of times their owner has taken its lock. A heap noted at the
-// previous sweep whose owner has not taken its lock since (kSweepMs or more
-// without a slow path or idle point) has its queues looked at. The hint
-// then goes from 1 to 2: a free from then on sets it to 1 again and wakes
-// the worker, so a heap is looked at again only after new frees. Returns
-// whether to look again.
+// Queued pages: a sweep notes the heaps whose remote hint is set, with the
+// number of times their owner has taken its lock. A heap noted kSweepMs or
+// more before whose owner has not taken its lock since (no slow path, no
+// idle point) has its queues looked at. The hint then goes from 1 to 2: a
+// free from then on sets it to 1 again and wakes the worker, so a heap is
+// looked at again only after new frees, or where the last look stopped
+// for its budget. Returns whether to look again.
 bool sweep_queued(Heap* h, uint64_t now) {
   uint8_t hint = h->remote_hint.load(std::memory_order_seq_cst);
   if (hint != 1) {
-    h->idle_seen = 0;
+    h->idle_noted_ms = 0;
     return false;
   }
   if (!heap_trylock(h)) return true;  // the owner is at work: it collects
-  if (!h->idle_seen || h->locks != h->locks_seen) {
-    h->idle_seen = 1;
+  if (h->idle_noted_ms == 0 || h->locks != h->locks_seen) {
+    h->idle_noted_ms = now;
     h->locks_seen = h->locks;
     heap_unlock(h);
     return true;
   }
-  h->idle_seen = 0;
+  if (now - h->idle_noted_ms < kSweepMs) {
+    heap_unlock(h);
+    return true;
+  }
+  h->idle_noted_ms = 0;
   h->remote_hint.compare_exchange_strong(hint, 2, std::memory_order_seq_cst);
   unsigned look = kSweepLookPerHeap, budget = kSweepPagesPerHeap;
   uint32_t links = kSweepLinksPerHeap;
   Page* emptied = nullptr;
   bool more = false;
   unsigned c = h->sweep_class % kNumClasses;
-  for (unsigned k = 0; k < kNumClasses && !more; k++, c = (c + 1) % kNumClasses) {
+  uint32_t skip = h->sweep_skip;  // pages of class c kept by the last look
+  for (unsigned k = 0; k < kNumClasses && !more; k++, c = (c + 1) % kNumClasses, skip = 0) {
     h->sweep_class = static_cast<uint8_t>(c);
+    uint32_t kept = 0;
     for (Page* pg = h->queues[c].first; pg;) {
       Page* next = pg->next;
+      if (kept < skip) {  // a look, but no budget: they were looked at
+        kept++;
+        pg = next;
+        continue;
+      }
       if (look == 0 || budget == 0 || links == 0) {
-        more = true;  // this class again at the next sweep
+        more = true;  // from here at the next sweep
         break;
       }
       look--;
@@ -148,14 +161,19 @@ bool sweep_queued(Heap* h, uint64_t now) {
         queue_remove(h, pg);
         pg->next = emptied;
         emptied = pg;
+      } else {
+        kept++;
       }
       pg = next;
     }
+    h->sweep_skip = more ? kept : 0;
   }
   if (more) h->remote_hint.store(1, std::memory_order_seq_cst);
   heap_unlock(h);
   give_back_all_locked(emptied, now);
-  return more;
+  // A free during the walk set the hint to 1 again, and its wake-up found
+  // the worker awake: look again.
+  return more || h->remote_hint.load(std::memory_order_seq_cst) == 1;
 }
 
 }  // namespace

@@ -53,10 +53,14 @@ inline void trim_soon(Heap* h) {
   h->trim_gate_ms = 0;
 }
 
+// Whether a pass over `h` is due (read without its heap lock: a guess).
+inline bool trim_due(const Heap* h) {
+  if (!g_options.trim || os_now_ms() < h->trim_gate_ms) return false;
+  return os_now_us() - h->last_trim_us >= h->trim_every_us;
+}
+
 inline void trim_maybe(Heap* h, uint32_t max_us) {
-  if (!g_options.trim || os_now_ms() < h->trim_gate_ms) return;
-  uint64_t now = os_now_us();
-  if (now - h->last_trim_us >= h->trim_every_us) trim_heap(h, now, max_us);
+  if (trim_due(h)) trim_heap(h, os_now_us(), max_us);
 }
 
 }  // namespace am

@@ -152,12 +152,14 @@ struct Heap {
   // remote frees of an owner that has stopped collecting them itself.
   std::atomic<uint8_t> lock{0};
   // The sweeps' own notes (under g_lock): the full-page hint was set at
-  // the last sweep; remote_hint was, with `locks` at `locks_seen`; and the
-  // class where the next sweep of queued pages starts.
+  // the last sweep; when a sweep last saw remote_hint set (ms, 0: not
+  // seen), with `locks` at `locks_seen`; and where the next sweep of queued
+  // pages starts (a class, and pages of it to pass over).
   uint8_t sweep_seen = 0;
-  uint8_t idle_seen = 0;
   uint8_t sweep_class = 0;
   uint32_t locks_seen = 0;
+  uint32_t sweep_skip = 0;
+  uint64_t idle_noted_ms = 0;
   uint32_t locks = 0;      // times the owner took `lock` (under it)
   uint8_t live = 0;        // in use (not in the heap pool)
   uint8_t is_default = 0;  // a thread's default heap (else made by am_heap_new)

@@ -238,6 +238,45 @@ AMT_SCENARIO(bg_blocked_owner_queued_pages) {
   return 0;
 }
 
+// Queued pages that keep a live block each, with long remote lists, ahead
+// of pages entirely freed by other threads: the sweeps' budget runs out on
+// the first ones, and the next sweeps must resume past them (they once
+// started again from the front of the queue for ever). 16-byte blocks,
+// 4096 a page; kKeep pages keep one block live, kFreed are freed whole.
+AMT_SCENARIO(bg_blocked_owner_sweep_resumes) {
+  constexpr int kKeep = 40, kFreed = 20, kPerPage = 4096, kPages = kKeep + kFreed;
+  std::vector<std::vector<void*>> pages(kPages);
+  void* extra = nullptr;
+  std::atomic<bool> filled{false}, done{false};
+  std::thread owner([&] {
+    // One page of the class at a time (the first block of each is a new
+    // page, so blocks group by page in allocation order).
+    for (auto& pg : pages)
+      for (int i = 0; i < kPerPage; i++) pg.push_back(am_malloc(16));
+    extra = am_malloc(16);    // the last page goes to the full list too
+    for (auto& pg : pages) {  // each page back to the queue, in order
+      am_free(pg.back());
+      pg.pop_back();
+    }
+    filled.store(true);
+    while (!done.load()) std::this_thread::sleep_for(1ms);
+  });
+  while (!filled.load()) std::this_thread::sleep_for(1ms);
+  am_stats_t s0;
+  am_stats_get(&s0);
+  for (int i = 0; i < kPages; i++)
+    for (std::size_t j = i < kKeep ? 1 : 0; j < pages[i].size(); j++) am_free(pages[i][j]);
+  std::this_thread::sleep_for(1000ms);
+  am_stats_t s;
+  am_stats_get(&s);
+  std::printf("SWEPT %llu\n", static_cast<unsigned long long>(s.swept_pages - s0.swept_pages));
+  done.store(true);
+  owner.join();
+  for (int i = 0; i < kKeep; i++) am_free(pages[i][0]);
+  am_free(extra);
+  return 0;
+}
+
 // The child of a fork has no worker until its first slow path; then it does
 // the same work as the parent's.
 AMT_SCENARIO(bg_fork_child) {
@@ -347,6 +386,17 @@ TEST(Background, QueuedPagesOfABlockedOwnerAreGivenBackWhenAllTheirBlocksAreFree
   EXPECT_GE(swept, 170u) << "queued pages emptied by remote frees stayed with their owner\n"
                          << c.describe();
   EXPECT_LE(in_use, before - 170) << c.describe();
+}
+
+TEST(Background, SweepsOfQueuedPagesResumeWhereTheirBudgetRanOut) {
+  auto c = amt::run_scenario("bg_blocked_owner_sweep_resumes", kEnv);
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  unsigned long long swept = 0;
+  ASSERT_EQ(std::sscanf(c.out.c_str() + c.out.find("SWEPT "), "SWEPT %llu", &swept), 1)
+      << c.describe();
+  // 19 or 20: blocks the process allocated before may shift the groups.
+  EXPECT_GE(swept, 19u) << "pages freed whole behind pages that keep a block were not swept\n"
+                        << c.describe();
 }
 
 TEST(Background, ForkChildRestartsTheWorker) {

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cinttypes>
 #include <cstdio>
@@ -144,12 +145,8 @@ void free_sized_stack_pointer() {
 
 // ---- default policy: abort ----------------------------------------------------
 
-TEST(BadFreeDeathTest, StackPointerAborts) {
-  EXPECT_BAD_FREE_ABORTS(free_stack_pointer());
-}
-TEST(BadFreeDeathTest, GlobalPointerAborts) {
-  EXPECT_BAD_FREE_ABORTS(free_global_pointer());
-}
+TEST(BadFreeDeathTest, StackPointerAborts) { EXPECT_BAD_FREE_ABORTS(free_stack_pointer()); }
+TEST(BadFreeDeathTest, GlobalPointerAborts) { EXPECT_BAD_FREE_ABORTS(free_global_pointer()); }
 TEST(BadFreeDeathTest, InteriorPointerPlus8Aborts) {
   EXPECT_BAD_FREE_ABORTS(free_interior_pointer(64, 8));
 }
@@ -171,21 +168,11 @@ TEST(BadFreeDeathTest, SystemMallocPointerAborts) {
 TEST(BadFreeDeathTest, LargeSystemMallocPointerAborts) {
   EXPECT_BAD_FREE_ABORTS(free_system_malloc_pointer(1 << 20));
 }
-TEST(BadFreeDeathTest, DoubleFreeSmallAborts) {
-  EXPECT_BAD_FREE_ABORTS(double_free(64));
-}
-TEST(BadFreeDeathTest, DoubleFreeTinyAborts) {
-  EXPECT_BAD_FREE_ABORTS(double_free(16));
-}
-TEST(BadFreeDeathTest, DoubleFreeMediumAborts) {
-  EXPECT_BAD_FREE_ABORTS(double_free(20000));
-}
-TEST(BadFreeDeathTest, DoubleFreeLargeAborts) {
-  EXPECT_BAD_FREE_ABORTS(double_free(300000));
-}
-TEST(BadFreeDeathTest, DoubleFreeHugeAborts) {
-  EXPECT_BAD_FREE_ABORTS(double_free(8u << 20));
-}
+TEST(BadFreeDeathTest, DoubleFreeSmallAborts) { EXPECT_BAD_FREE_ABORTS(double_free(64)); }
+TEST(BadFreeDeathTest, DoubleFreeTinyAborts) { EXPECT_BAD_FREE_ABORTS(double_free(16)); }
+TEST(BadFreeDeathTest, DoubleFreeMediumAborts) { EXPECT_BAD_FREE_ABORTS(double_free(20000)); }
+TEST(BadFreeDeathTest, DoubleFreeLargeAborts) { EXPECT_BAD_FREE_ABORTS(double_free(300000)); }
+TEST(BadFreeDeathTest, DoubleFreeHugeAborts) { EXPECT_BAD_FREE_ABORTS(double_free(8u << 20)); }
 TEST(BadFreeDeathTest, FreeAfterReallocToZeroAborts) {
   EXPECT_BAD_FREE_ABORTS(free_after_realloc_to_zero());
 }
@@ -244,9 +231,7 @@ bool heap_still_consistent(std::size_t size, int count) {
   return true;
 }
 
-void plain_free(void* p) {
-  am_free(p);
-}
+void plain_free(void* p) { am_free(p); }
 
 AMT_SCENARIO(report_stack) {
   char buf[128];
@@ -271,12 +256,8 @@ int report_interior(std::size_t size, std::size_t offset) {
   std::puts(ok ? "DONE" : "BROKEN");
   return 0;
 }
-AMT_SCENARIO(report_interior_small) {
-  return report_interior(64, 8);
-}
-AMT_SCENARIO(report_interior_large) {
-  return report_interior(300000, 8);
-}
+AMT_SCENARIO(report_interior_small) { return report_interior(64, 8); }
+AMT_SCENARIO(report_interior_large) { return report_interior(300000, 8); }
 
 AMT_SCENARIO(report_system_malloc) {
   void* g = std::malloc(64);
@@ -297,18 +278,10 @@ int report_double(std::size_t size) {
   std::puts(heap_still_consistent(size, size > 100000 ? 8 : 200) ? "DONE" : "BROKEN");
   return 0;
 }
-AMT_SCENARIO(report_double_small) {
-  return report_double(64);
-}
-AMT_SCENARIO(report_double_medium) {
-  return report_double(20000);
-}
-AMT_SCENARIO(report_double_large) {
-  return report_double(300000);
-}
-AMT_SCENARIO(report_double_huge) {
-  return report_double(8u << 20);
-}
+AMT_SCENARIO(report_double_small) { return report_double(64); }
+AMT_SCENARIO(report_double_medium) { return report_double(20000); }
+AMT_SCENARIO(report_double_large) { return report_double(300000); }
+AMT_SCENARIO(report_double_huge) { return report_double(8u << 20); }
 
 AMT_SCENARIO(abort_explicit_double) {
   void* p = am_malloc(64);
@@ -319,6 +292,35 @@ AMT_SCENARIO(abort_explicit_double) {
   std::puts("SURVIVED");
   return 0;
 }
+
+// A double free aborts with no allocator lock held: a SIGABRT handler that
+// allocates (a crash reporter) must not hang. A block of a page that was
+// full at its first free, and a medium block past its page's first slot
+// (always off the fast path: it once reported under the heap lock).
+void abort_handler_allocates(int) {
+  void* p = am_malloc(200000);  // large_alloc: a slow path of this heap
+  am_free(am_malloc(100));
+  am_free(p);
+  _exit(42);
+}
+int double_free_then_handler(bool full_page) {
+  signal(SIGABRT, abort_handler_allocates);
+  void* blocks[64];
+  void* victim;
+  if (full_page) {  // a page of 1 KiB blocks filled, then one freed twice
+    for (auto& b : blocks) b = am_malloc(1024);
+    blocks[0] = am_malloc(1024);  // the next page: the first one goes to the full list
+    victim = blocks[5];
+  } else {
+    for (int i = 0; i < 16; i++) blocks[i] = am_malloc(16 * 1024);
+    victim = blocks[10];  // past the first 64 KiB slot of its page
+  }
+  am_free(victim);
+  am_free(victim);
+  return 3;  // not reached
+}
+AMT_SCENARIO(abort_handler_allocates_full) { return double_free_then_handler(true); }
+AMT_SCENARIO(abort_handler_allocates_medium) { return double_free_then_handler(false); }
 
 void expect_reported_and_ignored(const char* scenario) {
   auto r = amt::run_scenario(scenario, {{"AMALLOC_BAD_FREE", "report"}});
@@ -333,33 +335,15 @@ void expect_reported_and_ignored(const char* scenario) {
   EXPECT_TRUE(why.empty()) << scenario << ": " << why << "\n" << r.describe();
 }
 
-TEST(BadFreeReport, StackPointer) {
-  expect_reported_and_ignored("report_stack");
-}
-TEST(BadFreeReport, GlobalPointer) {
-  expect_reported_and_ignored("report_global");
-}
-TEST(BadFreeReport, InteriorPointerSmall) {
-  expect_reported_and_ignored("report_interior_small");
-}
-TEST(BadFreeReport, InteriorPointerLarge) {
-  expect_reported_and_ignored("report_interior_large");
-}
-TEST(BadFreeReport, SystemMallocPointer) {
-  expect_reported_and_ignored("report_system_malloc");
-}
-TEST(BadFreeReport, DoubleFreeSmall) {
-  expect_reported_and_ignored("report_double_small");
-}
-TEST(BadFreeReport, DoubleFreeMedium) {
-  expect_reported_and_ignored("report_double_medium");
-}
-TEST(BadFreeReport, DoubleFreeLarge) {
-  expect_reported_and_ignored("report_double_large");
-}
-TEST(BadFreeReport, DoubleFreeHuge) {
-  expect_reported_and_ignored("report_double_huge");
-}
+TEST(BadFreeReport, StackPointer) { expect_reported_and_ignored("report_stack"); }
+TEST(BadFreeReport, GlobalPointer) { expect_reported_and_ignored("report_global"); }
+TEST(BadFreeReport, InteriorPointerSmall) { expect_reported_and_ignored("report_interior_small"); }
+TEST(BadFreeReport, InteriorPointerLarge) { expect_reported_and_ignored("report_interior_large"); }
+TEST(BadFreeReport, SystemMallocPointer) { expect_reported_and_ignored("report_system_malloc"); }
+TEST(BadFreeReport, DoubleFreeSmall) { expect_reported_and_ignored("report_double_small"); }
+TEST(BadFreeReport, DoubleFreeMedium) { expect_reported_and_ignored("report_double_medium"); }
+TEST(BadFreeReport, DoubleFreeLarge) { expect_reported_and_ignored("report_double_large"); }
+TEST(BadFreeReport, DoubleFreeHuge) { expect_reported_and_ignored("report_double_huge"); }
 
 TEST(BadFreeReport, ExplicitAbortPolicyAborts) {
   auto r = amt::run_scenario("abort_explicit_double", {{"AMALLOC_BAD_FREE", "abort"}});
@@ -372,3 +356,12 @@ TEST(BadFreeReport, ExplicitAbortPolicyAborts) {
 }
 
 }  // namespace
+
+TEST(BadFreeDeathTest, AbortHandlerThatAllocatesRuns) {
+  for (const char* scenario : {"abort_handler_allocates_full", "abort_handler_allocates_medium"}) {
+    auto r = amt::run_scenario(scenario, {{"AMALLOC_BAD_FREE", "abort"}}, 20);
+    EXPECT_TRUE(WIFEXITED(r.wait_status) && WEXITSTATUS(r.wait_status) == 42)
+        << scenario << ": the SIGABRT handler did not finish (a lock held across abort?)\n"
+        << r.describe();
+  }
+}
