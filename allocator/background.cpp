@@ -31,7 +31,8 @@ constexpr size_t kStack = 256 * 1024;
 
 std::atomic<BackgroundTask> g_tasks[kMaxTasks];
 std::atomic<uint32_t> g_word;       // the futex: bumped to wake the worker
-std::atomic<uint8_t> g_long_sleep;  // asleep with nothing due
+std::atomic<uint8_t> g_long_sleep;  // in a tick, or asleep with nothing due: kicks wake it
+__thread bool t_worker __attribute__((tls_model("initial-exec")));
 std::atomic<uint8_t> g_stop;
 std::atomic<uint8_t> g_allowed;
 std::atomic<uint8_t> g_running;  // a thread exists to join
@@ -55,6 +56,7 @@ uint64_t tick(uint64_t now) {
 
 void* worker(void*) {
   pthread_setname_np(pthread_self(), "amalloc-bg");
+  t_worker = true;
   // SCHED_BATCH: the worker keeps its fair share of CPU, but its wake-ups
   // no longer preempt the thread running where it wakes. Under the default
   // policy each 2 ms tick of a burst preempted an application thread for a
@@ -68,20 +70,23 @@ void* worker(void*) {
     pthread_setschedparam(pthread_self(), SCHED_BATCH, &param);
   }
   while (!g_stop.load(std::memory_order_acquire)) {
+    // The flag is up before the tick: a kick during the tick (whose work
+    // the tick may have missed) bumps the word read here, and the wait
+    // below returns at once. One that came before this load, the tick
+    // sees the work of.
+    g_long_sleep.store(1, std::memory_order_seq_cst);
+    uint32_t w = g_word.load(std::memory_order_seq_cst);
     uint64_t next = tick(os_now_ms());
     uint64_t now = os_now_ms();
     uint32_t wait = kIdleWaitMs;
-    if (next == kNeverMs) {
-      // A kick after this store either finds the flag (and bumps the word
-      // we are about to wait on) or came before it and cleared it.
-      g_long_sleep.store(1, std::memory_order_seq_cst);
-    } else if (next <= now) {
-      wait = 1;
-    } else if (next - now < kIdleWaitMs) {
-      wait = static_cast<uint32_t>(next - now);
+    if (next != kNeverMs) {
+      // Due soon anyway: kicks from here on need not wake it.
+      g_long_sleep.store(0, std::memory_order_seq_cst);
+      if (next <= now)
+        wait = 1;
+      else if (next - now < kIdleWaitMs)
+        wait = static_cast<uint32_t>(next - now);
     }
-    uint32_t w = g_word.load(std::memory_order_seq_cst);
-    if (next == kNeverMs && !g_long_sleep.load(std::memory_order_seq_cst)) continue;  // kicked
     if (!g_stop.load(std::memory_order_acquire)) os_futex_wait(&g_word, w, wait);
     g_long_sleep.store(0, std::memory_order_relaxed);
   }
@@ -127,6 +132,8 @@ void background_start() {
 }
 
 void background_kick() {
+  // The worker's own work (a sweep giving pages back) is in its due time.
+  if (t_worker) return;
   if (g_long_sleep.load(std::memory_order_relaxed) &&
       g_long_sleep.exchange(0, std::memory_order_seq_cst))
     wake();

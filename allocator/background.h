@@ -22,8 +22,9 @@ void background_start();
 inline void background_maybe_start() {
   if (__builtin_expect(g_bg_state.load(std::memory_order_relaxed) == 0, 0)) background_start();
 }
-// New work arrived while the worker may be in its long sleep: wake it.
-// Cheap when it is awake (one load).
+// New work arrived while the worker may be in its long sleep or in a tick
+// that missed it: wake it (at most once a tick). One load when it is
+// asleep with something due soon.
 void background_kick();
 // Constructors have run: starting a thread is safe from now on.
 void background_allow();
