@@ -30,8 +30,11 @@ void fork_parent() {
   heap_fork_parent();
 }
 void fork_child() {
-  pthread_mutex_init(&g_lock, nullptr);
+  // The child's thread is the one that took g_lock in prepare: it unlocks
+  // it (a re-initialised mutex still counts as held for ThreadSanitizer,
+  // which then sees lock orders that no thread takes).
   filemap_fork_child();
+  pthread_mutex_unlock(&g_lock);
   heap_fork_child();
   background_fork_child();
 }

@@ -54,6 +54,10 @@ void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
       s = segment_of_page(pg);
       pg->start = page_area(s, pg);
       old_slots >>= pg - s->pages;  // bit i: the block's slot i
+      // Past the block's end in its last slot: resident if that slot was.
+      uint32_t k = span_slots(bsize);
+      bool tail = size_t{k} * kSlotSize - bsize >= kOsPage && (old_slots >> (k - 1) & 1);
+      pg->tail_state = tail ? kTailResident : 0;
     } else {
       size_t off;
       s = segment_large_alloc_locked(bsize, align, &off);
@@ -63,6 +67,7 @@ void* large_alloc(Heap* h, size_t size, size_t align, bool zero) {
       }
       pg = &s->pages[0];
       pg->start = reinterpret_cast<uint8_t*>(s) + off;
+      pg->tail_state = 0;
       // Only the part a previous user touched needs zeroing (all of it
       // when MADV_FREE may have left old bytes in purged pages).
       size_t end = s->lazy ? s->mapped_size : s->dirty_end;
@@ -116,7 +121,11 @@ void* large_resize(Page* pg, size_t size) {
     if (bsize > kSegmentSize - kSlotSize ||
         !segment_span_resize_locked(pg, span_slots(bsize), os_now_ms()))
       return nullptr;
+    // Shrunk, the new tail was written; grown, it may lie in a resident
+    // slot: either way a pass may give it back.
+    bool tail = size_t{pg->slots} * kSlotSize - bsize >= kOsPage;
     pg->block_size = bsize;
+    pg->tail_state = tail ? kTailResident : 0;
     return pg->start;
   }
   size_t off = static_cast<size_t>(pg->start - reinterpret_cast<uint8_t*>(s));

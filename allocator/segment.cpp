@@ -460,6 +460,15 @@ uint32_t slots_touched(const Page* pg) {
 
 }  // namespace
 
+size_t segment_span_trim_tail_locked(Page* pg) {
+  Segment* s = segment_of_page(pg);
+  uint8_t* lo = pg->start + pg->block_size;
+  uint8_t* hi = pg->start + size_t{pg->slots} * kSlotSize;
+  if (s->kind != kSegSpan || hi <= lo) return 0;
+  purge_range(s, lo, static_cast<size_t>(hi - lo));
+  return static_cast<size_t>(hi - lo);
+}
+
 Page* segment_span_alloc_locked(uint32_t slots, uint64_t* old_bytes) {
   // Segments that freed slots last come first in the list: the best run of
   // the first few that hold one (resident slots, see span_find), looking

@@ -92,6 +92,9 @@ Page* segment_span_alloc_locked(uint32_t slots, uint64_t* old_bytes);
 // Give a span's slots back (the block's Page, which must be in no heap's
 // list).
 void segment_span_free_locked(Page* pg, uint64_t now);
+// Give back what lies past a span's last byte in its last slot; returns
+// the bytes (0 for a block of its own segment).
+size_t segment_span_trim_tail_locked(Page* pg);
 // Resize a span to `slots` in place: shrinking frees the slots past it,
 // growing takes the free slots that follow; false when they are not free.
 bool segment_span_resize_locked(Page* pg, uint32_t slots, uint64_t now);

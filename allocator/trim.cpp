@@ -3,6 +3,7 @@
 #include <pthread.h>
 
 #include "allocator/heap.h"
+#include "allocator/lock.h"
 #include "allocator/page.h"
 #include "allocator/segment.h"
 #include "allocator/stats.h"
@@ -131,6 +132,35 @@ bool trim_page(Page* pg, uint64_t deadline) {
   return done;
 }
 
+// Span blocks of `h` whose last slot was resident when they were placed:
+// what lies past their end goes once the block has lived through a pass
+// (a short-lived one would only have it faulted in again by the next block
+// placed there). Under g_lock, since any thread may free a large block; a
+// pass that finds it taken leaves them to the next. Returns false when out
+// of time.
+bool trim_span_tails(Heap* h, uint64_t deadline, bool unlimited, bool* did) {
+  if (unlimited)
+    pthread_mutex_lock(&g_lock);
+  else if (pthread_mutex_trylock(&g_lock) != 0)
+    return true;
+  bool in_time = true;
+  for (Page* pg = h->large; pg && in_time; pg = pg->next) {
+    if (pg->tail_state == 0) continue;
+    *did = true;
+    if (pg->tail_state == kTailResident && !unlimited) {
+      pg->tail_state = kTailSeen;
+      continue;
+    }
+    pg->tail_state = 0;
+    if (size_t n = segment_span_trim_tail_locked(pg)) {
+      stats_add(g_os_stats.trimmed_bytes, n);
+      in_time = unlimited || os_now_us() < deadline;
+    }
+  }
+  pthread_mutex_unlock(&g_lock);
+  return in_time;
+}
+
 }  // namespace
 
 Block* page_untrim(Page* pg) {
@@ -197,6 +227,7 @@ void trim_heap(Heap* h, uint64_t now, uint32_t max_us) {
       pg = next;
     }
   }
+  if (!out_of_time) out_of_time = !trim_span_tails(h, deadline, unlimited, &did);
   // A pass that ran out of time comes back first (kTrimBacklogUs), one
   // that did something soon, one that did nothing backs off.
   uint32_t backoff = 2 * h->trim_every_us;

@@ -8,7 +8,9 @@
 //
 // Only the owner trims (the free list is its own), at its slow path, idle
 // point and am_collect; pages in the memory file (AMALLOC_MESH) are
-// meshed and punched instead (mesh.cpp).
+// meshed and punched instead (mesh.cpp). A pass also gives back what lies
+// past the end of the heap's span blocks in their last slot, when a block
+// placed there before left it resident.
 #pragma once
 #include <cstdint>
 
@@ -37,6 +39,10 @@ constexpr uint32_t kTrimUsIdle = 1000;
 // One pass over `h`'s queues, for at most `max_us` (am_collect passes no
 // limit), resuming at the class where the last pass stopped.
 void trim_heap(Heap* h, uint64_t now, uint32_t max_us);
+
+// Page::tail_state of a span block (see types.h).
+constexpr uint16_t kTailResident = 1;
+constexpr uint16_t kTailSeen = 2;
 
 // A page's trimmed blocks, when its free list ran dry: links up to 64 KiB
 // of them (the lowest first) and returns one more, unlinked, as

@@ -77,7 +77,13 @@ struct Page {
   };
   Page* mesh_next;
   uint16_t trim_used;  // `used` when trim.cpp last trimmed the page; 0: never
-  uint16_t trim_seen;  // the page's state at the last trim pass (trim.cpp)
+  union {
+    uint16_t trim_seen;  // the page's state at the last trim pass (trim.cpp)
+    // A span block whose last slot was resident when it was placed: what
+    // lies past its end may be too (kTailResident), and a pass found it so
+    // (kTailSeen); trim.cpp gives it back once the block outlives a pass.
+    uint16_t tail_state;
+  };
   // Free blocks that trim.cpp gave back to the OS and took off `free`
   // (marked in Segment::trimmed); linked again when `free` runs dry.
   uint8_t trimmed;

@@ -4,6 +4,7 @@
 // stay resident only up to a bounded pool. Each case runs in a fresh
 // process, so that the slots it sees are its own.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -149,6 +150,43 @@ TEST(Spans, FreedSlotsStayResidentUpToABound) {
   EXPECT_GE(amt::value_of(c.out, "KEPT_KIB"), 8 * 1024) << c.describe();
   EXPECT_GE(amt::value_of(c.out, "AFTER_COLLECT_DROP_KIB"), 8 * 1024) << c.describe();
   EXPECT_EQ(amt::value_of(c.out, "KEPT_BAD"), 0) << c.describe();
+}
+
+// A span block placed on slots a bigger block left resident: what lies
+// past its end in its last slot is resident too, until a trimming pass
+// (here am_collect) gives it back; the block keeps its bytes.
+std::size_t resident_kib(const void* p, std::size_t n) {
+  std::vector<unsigned char> v(n / 4096);
+  if (mincore(const_cast<void*>(p), n, v.data()) != 0) return SIZE_MAX;
+  std::size_t k = 0;
+  for (unsigned char c : v) k += c & 1;
+  return k * 4;
+}
+
+AMT_SCENARIO(span_tail_trim) {
+  auto* big = filled(16 * kSlot, 1);  // 1 MiB: 16 resident slots
+  am_free(big);
+  constexpr std::size_t kSize = 65 * 1024;  // 68 KiB of pages, 2 slots
+  auto* p = filled(kSize, 2);
+  const std::size_t tail_at = 68 * 1024, tail = 2 * kSlot - tail_at;
+  print("SAME_PLACE", p == big);
+  print("TAIL_BEFORE_KIB", resident_kib(p + tail_at, tail));
+  am_collect(0);
+  print("TAIL_AFTER_KIB", resident_kib(p + tail_at, tail));
+  print("BLOCK_KIB", resident_kib(p, tail_at));
+  print("BAD", amt::check_pattern(p, kSize, 2) != SIZE_MAX);
+  am_free(p);
+  return 0;
+}
+
+TEST(Spans, TheTailPastABlockPlacedOnResidentSlotsIsGivenBack) {
+  auto c = amt::run_scenario("span_tail_trim", {{"AMALLOC_BACKGROUND", "0"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  ASSERT_EQ(amt::value_of(c.out, "SAME_PLACE"), 1) << c.describe();
+  ASSERT_EQ(amt::value_of(c.out, "TAIL_BEFORE_KIB"), 60) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "TAIL_AFTER_KIB"), 0) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "BLOCK_KIB"), 68) << c.describe();
+  EXPECT_EQ(amt::value_of(c.out, "BAD"), 0) << c.describe();
 }
 
 // realloc of a span far past what a segment holds fails cleanly (ENOMEM
