@@ -134,7 +134,11 @@ void background_start() {
 void background_kick() {
   // The worker's own work (a sweep giving pages back) is in its due time.
   if (t_worker) return;
-  if (g_long_sleep.load(std::memory_order_relaxed) &&
+  // seq_cst: the kicker's store of its work, then this load, against the
+  // worker's store of the flag, then its look at the work (a plain load on
+  // x86, where the relaxed one was enough only because the work is
+  // published by locked instructions).
+  if (g_long_sleep.load(std::memory_order_seq_cst) &&
       g_long_sleep.exchange(0, std::memory_order_seq_cst))
     wake();
 }
