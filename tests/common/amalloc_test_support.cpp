@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -13,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
+#include <vector>
 
 extern char** environ;
 
@@ -124,6 +126,14 @@ std::size_t rss_bytes() {
   int got = std::fscanf(f, "%lu %lu", &size, &resident);
   std::fclose(f);
   return got == 2 ? resident * page_size() : 0;
+}
+
+std::size_t resident_kib(const void* p, std::size_t bytes) {
+  std::vector<unsigned char> v((bytes + page_size() - 1) / page_size());
+  if (mincore(const_cast<void*>(p), bytes, v.data()) != 0) return SIZE_MAX;
+  std::size_t n = 0;
+  for (unsigned char c : v) n += c & 1;
+  return n * page_size() / 1024;
 }
 
 namespace {

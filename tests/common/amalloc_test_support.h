@@ -88,6 +88,8 @@ struct Rng {
 
 // Resident set size of this process in bytes (from /proc/self/statm).
 std::size_t rss_bytes();
+// KiB of [p, p + bytes) resident (mincore; p page-aligned), SIZE_MAX on error.
+std::size_t resident_kib(const void* p, std::size_t bytes);
 // The value printed as "KEY value" at the start of a line of `out`, or -1.
 long long value_of(const std::string& out, const std::string& key);
 std::size_t page_size();

@@ -4,7 +4,6 @@
 // stay resident only up to a bounded pool. Each case runs in a fresh
 // process, so that the slots it sees are its own.
 #include <gtest/gtest.h>
-#include <sys/mman.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -155,14 +154,6 @@ TEST(Spans, FreedSlotsStayResidentUpToABound) {
 // A span block placed on slots a bigger block left resident: what lies
 // past its end in its last slot is resident too, until a trimming pass
 // (here am_collect) gives it back; the block keeps its bytes.
-std::size_t resident_kib(const void* p, std::size_t n) {
-  std::vector<unsigned char> v(n / 4096);
-  if (mincore(const_cast<void*>(p), n, v.data()) != 0) return SIZE_MAX;
-  std::size_t k = 0;
-  for (unsigned char c : v) k += c & 1;
-  return k * 4;
-}
-
 AMT_SCENARIO(span_tail_trim) {
   auto* big = filled(16 * kSlot, 1);  // 1 MiB: 16 resident slots
   am_free(big);
@@ -170,10 +161,10 @@ AMT_SCENARIO(span_tail_trim) {
   auto* p = filled(kSize, 2);
   const std::size_t tail_at = 68 * 1024, tail = 2 * kSlot - tail_at;
   print("SAME_PLACE", p == big);
-  print("TAIL_BEFORE_KIB", resident_kib(p + tail_at, tail));
+  print("TAIL_BEFORE_KIB", amt::resident_kib(p + tail_at, tail));
   am_collect(0);
-  print("TAIL_AFTER_KIB", resident_kib(p + tail_at, tail));
-  print("BLOCK_KIB", resident_kib(p, tail_at));
+  print("TAIL_AFTER_KIB", amt::resident_kib(p + tail_at, tail));
+  print("BLOCK_KIB", amt::resident_kib(p, tail_at));
   print("BAD", amt::check_pattern(p, kSize, 2) != SIZE_MAX);
   am_free(p);
   return 0;

@@ -529,11 +529,7 @@ TEST(Purge, FreeAdviceLeavesLazyFreePagesAndCallocStillZeroes) {
 // pages end at slot 56) keeps track of what its earlier life left resident
 // past its pages: a forced purge returns all of it.
 std::size_t resident_kib(std::uintptr_t from, std::size_t bytes) {
-  std::vector<unsigned char> v(bytes / 4096);
-  if (mincore(reinterpret_cast<void*>(from), bytes, v.data()) != 0) return SIZE_MAX;
-  std::size_t n = 0;
-  for (unsigned char c : v) n += c & 1;
-  return n * 4;
+  return amt::resident_kib(reinterpret_cast<const void*>(from), bytes);
 }
 
 AMT_SCENARIO(segment_changes_kind) {
