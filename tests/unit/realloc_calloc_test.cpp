@@ -1,8 +1,11 @@
 // am_realloc keeps contents across every size-class boundary (grow and
 // shrink, small -> large -> huge -> small); am_calloc zeroes recycled memory.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <set>
 #include <vector>
@@ -271,4 +274,46 @@ TEST(Realloc, SmallStepsMoveAtAboutEveryOtherClass) {
   EXPECT_GE(moves, 15u);
   EXPECT_LE(moves, 32u) << "moves: " << moves;
   am_free(p);
+}
+
+// The room for 1/8 more is a bonus: when it cannot be had, realloc takes
+// the size asked, and errno stays as it was. 7000 -> 8192 bytes would move
+// into the first medium class (9216), whose pages need a medium segment;
+// under an address-space limit at the process's current size, none can be
+// mapped, while the 8192-byte class has a page with free blocks.
+AMT_SCENARIO(realloc_room_falls_back) {
+  void* keep = am_malloc(8192);  // the exact class's page, 7 blocks free
+  auto* p = static_cast<unsigned char*>(am_malloc(7000));
+  if (!keep || !p) return 2;
+  amt::fill_pattern(p, 7000, 5);
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  unsigned long pages = 0;
+  if (!f || std::fscanf(f, "%lu", &pages) != 1) return 3;
+  std::fclose(f);
+  rlimit rl{};
+  getrlimit(RLIMIT_AS, &rl);
+  rl.rlim_cur = pages * amt::page_size();
+  if (setrlimit(RLIMIT_AS, &rl) != 0) return 4;
+  void* probe = am_malloc(9216);
+  std::printf("PROBE %d\n", probe != nullptr);  // 1: a medium page was at hand
+  errno = 0;
+  void* q = am_realloc(p, 8192);
+  std::printf("MOVED %d\n", q != nullptr && q != p);
+  std::printf("ERRNO %d\n", errno);
+  std::printf("USABLE %zu\n", q ? am_usable_size(q) : 0);
+  std::printf("BAD %d\n", q ? amt::check_pattern(q, 7000, 5) != SIZE_MAX : 1);
+  return 0;
+}
+
+TEST(Realloc, RoomForMoreIsDroppedWhenItCannotBeHad) {
+  if (AMT_SANITIZED)
+    GTEST_SKIP() << "the sanitizers map shadow memory past any address-space limit";
+  auto r = amt::run_scenario("realloc_room_falls_back", {});
+  ASSERT_TRUE(r.exited_ok()) << r.describe();
+  if (amt::value_of(r.out, "PROBE") != 0)
+    GTEST_SKIP() << "a medium page was at hand\n" << r.describe();
+  EXPECT_EQ(amt::value_of(r.out, "MOVED"), 1) << r.describe();
+  EXPECT_EQ(amt::value_of(r.out, "ERRNO"), 0) << r.describe();
+  EXPECT_EQ(amt::value_of(r.out, "USABLE"), 8192) << r.describe();
+  EXPECT_EQ(amt::value_of(r.out, "BAD"), 0) << r.describe();
 }
