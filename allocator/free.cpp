@@ -87,12 +87,9 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
       HeapLock lock(h);  // a full page's blocks are shared with a sweep
       twice = p == pg->free;
       if (!twice) {
-        Block* b = static_cast<Block*>(p);
-        b->next = pg->free;
-        pg->free = b;
-        pg->used--;
+        bool empty = owner_push(pg, static_cast<Block*>(p), pg->free);
         heap_page_unfull(h, pg);
-        if (pg->used == 0) heap_page_empty(h, pg);
+        if (empty) heap_page_empty(h, pg);
       }
     }
     // Reported without the lock: abort() runs SIGABRT handlers, which may
