@@ -61,6 +61,15 @@ AM_INLINE void* heap_malloc(Heap* h, size_t size) {
   return heap_malloc_slow(h, size);
 }
 
+// Memory amalloc keeps for itself (pooled frames, epoch batches): from the
+// thread's default heap, never from a bound one, which am_heap_destroy
+// could free under it.
+AM_INLINE void* internal_malloc(size_t size) {
+  Heap* h = t_default;
+  if (AM_UNLIKELY(h == nullptr) && (h = heap_default()) == nullptr) return nullptr;
+  return heap_malloc(h, size);
+}
+
 // From heap `h`, or from the calling thread's current heap when h is null.
 AM_INLINE void* alloc_from(Heap* h, size_t size) {
   return h ? heap_malloc(h, size) : malloc_fast(size);

@@ -268,11 +268,15 @@ void give_back_locked(Page* pg, uint64_t now) {
 
 Heap* heap_get() {
   Heap* h = t_heap;
-  if (AM_LIKELY(h != &g_empty_heap)) return h;
-  h = heap_make(true);
+  return AM_LIKELY(h != &g_empty_heap) ? h : heap_default();
+}
+
+Heap* heap_default() {
+  if (Heap* d = t_default) return d;
+  Heap* h = heap_make(true);
   if (!h) return nullptr;
   t_default = h;
-  t_heap = h;
+  if (t_heap == &g_empty_heap) t_heap = h;  // else a bound heap stays current
   ensure_key();
   return h;
 }
@@ -524,6 +528,7 @@ void heap_fork_child() {
   LockGuard g;
   for (Heap* h = g_heaps; h; h = h->next) {
     h->lock.store(0, std::memory_order_relaxed);
+    h->debug_user.store(0, std::memory_order_relaxed);  // (debug builds)
     if (!h->live) continue;
     if (h->is_default && h != t_default)
       heap_abandon_locked(h);

@@ -19,6 +19,9 @@ extern __thread Heap* t_default __attribute__((tls_model("initial-exec")));
 // The calling thread's heap, creating it on first use; nullptr if the OS
 // refuses memory for it.
 Heap* heap_get();
+// The calling thread's default heap, even while it has another bound,
+// creating it on first use; nullptr if the OS refuses memory for it.
+Heap* heap_default();
 // Allocate a block of class `cls` (the slow path behind the direct table;
 // takes the heap lock).
 void* heap_alloc_class(Heap* h, unsigned cls);

@@ -44,20 +44,55 @@ bool usable(const char* fn, Heap* h) {
   return true;
 }
 
-// A heap is used by one thread at a time: debug builds check that a heap
-// another thread has bound is not allocated from here (and abort, since the
-// heap's pages would be corrupted).
-Heap* checked(am_heap_t* heap) {
-  Heap* h = to_heap(heap);
+uintptr_t self() { return static_cast<uintptr_t>(pthread_self()); }
+
+// Destroy and delete hold the heap's binding for their length: a heap
+// that another thread has bound (or binds meanwhile) would lose its pages
+// under that thread. Reported and refused (errno EBUSY). *taken: the
+// binding was taken here (else this thread had the heap bound already).
+bool claim(const char* fn, Heap* h, bool* taken) {
+  uintptr_t me = self(), expect = 0;
+  *taken = h->bound_thread.compare_exchange_strong(expect, me, std::memory_order_acquire);
+  if (*taken || expect == me) return true;
+  report(fn, h, "is bound on another thread; ignored");
+  errno = EBUSY;
+  return false;
+}
+
+// A heap is used by one thread at a time. Debug builds (no NDEBUG) check
+// it on every am_heap_* call: the call claims the heap for its length, and
+// aborts, naming the function, if the heap is bound on another thread or
+// another thread is inside a call on it (its pages would be corrupted).
+class Use {
+ public:
+  Use(const char* fn, am_heap_t* heap) : h_(to_heap(heap)) {
 #ifndef NDEBUG
-  uintptr_t bound = h->bound_thread.load(std::memory_order_relaxed);
-  if (bound != 0 && bound != static_cast<uintptr_t>(pthread_self())) {
-    report("am_heap_malloc", h, "is bound on another thread");
+    uintptr_t me = self(), b = h_->bound_thread.load(std::memory_order_relaxed);
+    if (b != 0 && b != me) die(fn, "is bound on another thread");
+    uintptr_t expect = 0;
+    if (h_->debug_user.compare_exchange_strong(expect, me, std::memory_order_acquire))
+      claimed_ = true;
+    else if (expect != me)
+      die(fn, "is in use on another thread at the same time");
+#else
+    (void)fn;
+#endif
+  }
+  ~Use() {
+    if (claimed_) h_->debug_user.store(0, std::memory_order_release);
+  }
+  Use(const Use&) = delete;
+  Use& operator=(const Use&) = delete;
+  Heap* heap() const { return h_; }
+
+ private:
+  [[noreturn]] AM_COLD void die(const char* fn, const char* what) {
+    report(fn, h_, what);
     abort();
   }
-#endif
-  return h;
-}
+  Heap* h_;
+  bool claimed_ = false;
+};
 
 }  // namespace
 
@@ -85,23 +120,42 @@ am_heap_t* am_heap_bind(am_heap_t* heap) {
   return to_api(prev);
 }
 
-void* am_heap_malloc(am_heap_t* heap, size_t size) { return heap_malloc(checked(heap), size); }
+void* am_heap_malloc(am_heap_t* heap, size_t size) {
+  Use u("am_heap_malloc", heap);
+  return heap_malloc(u.heap(), size);
+}
 void* am_heap_calloc(am_heap_t* heap, size_t count, size_t size) {
-  return alloc_calloc(checked(heap), count, size);
+  Use u("am_heap_calloc", heap);
+  return alloc_calloc(u.heap(), count, size);
 }
 void* am_heap_realloc(am_heap_t* heap, void* p, size_t size) {
-  return alloc_realloc(checked(heap), p, size);
+  Use u("am_heap_realloc", heap);
+  return alloc_realloc(u.heap(), p, size);
 }
 void* am_heap_memalign(am_heap_t* heap, size_t align, size_t size) {
-  return alloc_aligned(checked(heap), align == 0 ? 1 : align, size);
+  Use u("am_heap_memalign", heap);
+  return alloc_aligned(u.heap(), align == 0 ? 1 : align, size);
 }
 
 void am_heap_destroy(am_heap_t* heap) {
-  if (usable("am_heap_destroy", to_heap(heap))) heap_destroy(to_heap(heap));
+  Heap* h = to_heap(heap);
+  bool taken;
+  if (!usable("am_heap_destroy", h) || !claim("am_heap_destroy", h, &taken)) return;
+  {
+    Use u("am_heap_destroy", heap);
+    heap_destroy(h);
+  }
+  if (taken) h->bound_thread.store(0, std::memory_order_release);
 }
 
 void am_heap_delete(am_heap_t* heap) {
-  if (usable("am_heap_delete", to_heap(heap))) heap_delete(to_heap(heap));
+  Heap* h = to_heap(heap);
+  bool taken;
+  if (!usable("am_heap_delete", h) || !claim("am_heap_delete", h, &taken)) return;
+  {
+    Use u("am_heap_delete", heap);  // released before the record goes back to the pool
+  }
+  heap_delete(h);  // clears the binding
 }
 
 }  // extern "C"

@@ -175,6 +175,9 @@ struct Heap {
   std::atomic<uint8_t> remote_hint{0};
   // pthread_self() of the thread that has this (non-default) heap bound.
   std::atomic<uintptr_t> bound_thread{0};
+  // Debug builds: pthread_self() of the thread inside an am_heap_* call on
+  // this heap (heap_api.cpp).
+  std::atomic<uintptr_t> debug_user{0};
   Page* large = nullptr;  // large blocks' pages of this heap (under g_lock)
   uint64_t last_collect_ms = 0;
   uint64_t last_mesh_ms = 0;    // the last mesh pass over this heap (mesh.cpp)

@@ -15,10 +15,14 @@
 
 #include <pthread.h>
 
+#include <cstring>
+
+#include "allocator/alloc_inline.h"
 #include "allocator/background.h"
 #include "allocator/format.h"
 #include "allocator/options.h"
 #include "allocator/os.h"
+#include "allocator/page.h"
 #include "allocator/segment.h"
 #include "allocator/stats.h"
 #include "amalloc/amalloc.h"
@@ -219,7 +223,13 @@ void run_batch(Batch* b) {
   for (uint32_t i = 0; i < b->n; i++) {
     const Entry& x = b->e[i];
     if (x.fn) x.fn(x.p, x.ctx);
-    if (x.free_after) am_free(x.p);
+    if (x.free_after) {
+#ifdef AMALLOC_POISON
+      // Test builds: a reader that still holds the block sees the pattern.
+      memset(x.p, kReclaimedByte, am_usable_size(x.p));
+#endif
+      am_free(x.p);
+    }
   }
 }
 
@@ -314,12 +324,19 @@ void fork_prepare() {
     g_fork_took_reclaim = true;
   }
   // No batch may be between its record and the sealed list (lock order:
-  // open locks, then g_mu). Records are pushed at the head, so the ones
-  // locked here are those from this head on; a record registered before
-  // g_mu is taken stays unlocked, and must stay so in the parent.
-  g_fork_locked = g_records.load(std::memory_order_acquire);
-  for (Record* r = g_fork_locked; r; r = r->next) lock_open(r);
-  pthread_mutex_lock(&g_mu);
+  // open locks, then g_mu). Records are pushed at the head under g_mu: a
+  // record registered while the others were being locked sends this round
+  // again, for the new records only.
+  Record* done = nullptr;  // the records from here down are locked
+  for (;;) {
+    Record* head = g_records.load(std::memory_order_acquire);
+    for (Record* r = head; r != done; r = r->next) lock_open(r);
+    done = head;
+    pthread_mutex_lock(&g_mu);
+    if (g_records.load(std::memory_order_acquire) == head) break;
+    pthread_mutex_unlock(&g_mu);
+  }
+  g_fork_locked = done;
 }
 
 void fork_parent() {
@@ -331,7 +348,6 @@ void fork_parent() {
 // Only the forking thread lives on: the others' pins end and their open
 // batches are sealed (the fork waited for every record lock, so whole).
 void fork_child() {
-  pthread_mutex_init(&g_mu, nullptr);
   for (Record* r = g_records.load(std::memory_order_relaxed); r; r = r->next) {
     r->open_lock.store(0, std::memory_order_relaxed);
     if (r == t_rec || !r->in_use) continue;
@@ -342,6 +358,9 @@ void fork_child() {
     }
     r->in_use = 0;
   }
+  // Unlocked, not re-initialised: this thread took it in fork_prepare (and
+  // TSan counts a re-initialised mutex as still held).
+  pthread_mutex_unlock(&g_mu);
   if (g_fork_took_reclaim) g_reclaiming.store(0, std::memory_order_relaxed);
   // The registration belongs to the parent's mm; only this thread runs, so
   // switching to fences is safe if the child cannot register.
@@ -398,12 +417,21 @@ Record* new_record() {  // under g_mu
   return chunk++;
 }
 
+// How many batches a pinned thread (a guard, an executor) runs when it
+// seals one: its own share, and more while the backlog is over
+// kMaxSealed, so that pinned retirers also catch up.
+uint64_t pinned_share() {
+  return g_sealed_batches.load(std::memory_order_relaxed) > kMaxSealed ? 4 : 1;
+}
+
 void open_entry(Record* r, const Entry& x) {
   lock_open(r);
   Batch* b = r->open;
   if (!b) {
-    // am_malloc never retires or pins, so holding the record's lock is safe.
-    b = static_cast<Batch*>(am_malloc(sizeof(Batch)));
+    // Allocation never retires or pins, so holding the record's lock is
+    // safe. From the default heap: am_heap_destroy of a bound heap must not
+    // free the batch.
+    b = static_cast<Batch*>(internal_malloc(sizeof(Batch)));
     if (!b) {
       unlock_open(r);
       misuse("am_retire", "out of memory for a batch; the block is leaked");
@@ -429,7 +457,7 @@ void open_entry(Record* r, const Entry& x) {
   if (!full) return;
   seal_stale_open();
   maybe_advance();
-  if (reclaim_due()) reclaim(t_nest != 0 ? 1 : ~uint64_t{0});
+  if (reclaim_due()) reclaim(t_nest == 0 ? ~uint64_t{0} : pinned_share());
   // Back-pressure. A pinned thread cannot wait for grace periods (its own
   // pin holds them up), but it can give the CPU to the thread that is
   // running deleters, for up to kMaxWaitMs: retiring faster than one
@@ -462,13 +490,36 @@ void open_entry(Record* r, const Entry& x) {
 
 }  // namespace
 
-void retire(const char* fn, void* p, void (*f)(void*, void*), void* ctx, bool free_after) {
+namespace {
+
+// The size of the amalloc block that starts at p; 0, quietly, if p is not
+// the start of one (an object inside a block, from a class's own operator
+// new). Only for pointers into live memory the caller owns: any other
+// pointer's segment may be unmapped under the lookup.
+AM_APPROXIMATE_READS size_t block_bytes(const void* p) {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  Page* pg = p ? page_lookup(a) : nullptr;
+  if (!pg || !pg->in_use || pg->block_size == 0) return 0;
+  if (pg->kind == kKindLarge) return p == pg->start ? pg->block_size : 0;
+  uintptr_t start = reinterpret_cast<uintptr_t>(pg->start);
+  if (a < start || a >= start + uint64_t{pg->reserved} * pg->block_size || !is_block_start(pg, a))
+    return 0;
+  return pg->block_size;
+}
+
+uint32_t clamp32(size_t n) { return n > 0xffffffffu ? 0xffffffffu : static_cast<uint32_t>(n); }
+
+}  // namespace
+
+void retire(const char* fn, void* p, void (*f)(void*, void*), void* ctx, bool free_after,
+            bool owned) {
   uint32_t bytes = 0;
   if (free_after) {
     if (p == nullptr) return;
     if (!am_owns(p)) return misuse(fn, "invalid pointer (not allocated by amalloc), ignored:", p);
-    size_t n = am_usable_size(p);
-    bytes = n > 0xffffffffu ? 0xffffffffu : static_cast<uint32_t>(n);
+    bytes = clamp32(am_usable_size(p));
+  } else if (owned) {
+    bytes = clamp32(block_bytes(p));  // pending bytes, if p is a block of ours
   }
   Record* r = t_rec;
   if (!r) r = register_thread();
@@ -576,14 +627,22 @@ AM_NOINLINE void idle_slow(Record* r) {
   bool work = (++r->idle_calls & 7) == 0;
   if (guarded) {
     // A guard that lives across a suspension point: the coroutine went to
-    // sleep pinned, and this loop is about to block.
-    misuse("am_executor_idle", "called while pinned (an epoch guard held across co_await?)");
-  } else if (t_perm && work) {
-    // Quiescent: unpinned while it reclaims, so its deleters hold up no one.
-    r->state.store(0, std::memory_order_release);
+    // sleep pinned, and this loop is about to block. (Once a second: a
+    // loop may come here on every pass.)
+    static __thread uint64_t t_reported_ms;
+    uint64_t now = os_now_ms();
+    if (t_reported_ms == 0 || now - t_reported_ms >= 1000) {
+      t_reported_ms = now;
+      misuse("am_executor_idle", "called while pinned (an epoch guard held across co_await?)");
+    }
+  } else if (t_perm) {
+    // The quiescent state: pinned again at the current epoch, before any
+    // deleter runs, so that a deleter's guard nests in a real pin (and one
+    // that unregisters the executor leaves it unpinned). Batches that are
+    // due are older than any pin, this one included.
+    pin(r);
   }
   if (work) idle_work(r, guarded);
-  if (t_perm && !guarded) pin(r);  // the quiescent state: pinned again at the current epoch
 }
 
 // Seal this thread's open batch once it is kSealAfterMs old; advance and

@@ -14,6 +14,8 @@ namespace am::epoch {
 
 // Retirements per batch: a batch is 4 KiB, one block of amalloc's classes.
 constexpr uint32_t kBatch = 126;
+// Test builds (AMALLOC_TEST_POISON): every byte of a reclaimed block.
+constexpr unsigned char kReclaimedByte = 0xDE;
 
 struct Entry {
   void* p;
@@ -72,7 +74,10 @@ Record* register_thread();
 // What the public API asks of the collector (epoch.cpp): a retirement
 // (free_after: am_free(p) after f), a grace period with reclamation, every
 // retirement made so far reclaimed, the counters, and the report's lines.
-void retire(const char* fn, void* p, void (*f)(void*, void*), void* ctx, bool free_after);
+// owned: p is a live block the caller owns and f frees (its size counts in
+// the pending bytes).
+void retire(const char* fn, void* p, void (*f)(void*, void*), void* ctx, bool free_after,
+            bool owned = false);
 void wait_grace_period();
 void wait_all_reclaimed();
 void collector_stats(am_epoch_stats_t* out);

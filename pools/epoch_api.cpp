@@ -105,6 +105,11 @@ void am_epoch_defer(void* p, void (*fn)(void* p, void* ctx), void* ctx) {
   retire("am_epoch_defer", p, fn, ctx, false);
 }
 
+void am_epoch_defer_free(void* p, void (*fn)(void* p, void* ctx), void* ctx) {
+  if (fn == nullptr) return misuse("am_epoch_defer_free", "no function given; ignored");
+  retire("am_epoch_defer_free", p, fn, ctx, false, true);
+}
+
 void am_epoch_synchronize(void) {
   if (!t_rec) register_thread();
   unpinned_wait("am_epoch_synchronize", wait_grace_period);

@@ -3,7 +3,9 @@
 #include <pthread.h>
 
 #include <cstring>
+#include <new>
 
+#include "allocator/alloc_inline.h"
 #include "allocator/config.h"
 #include "allocator/format.h"
 #include "allocator/lock.h"
@@ -56,8 +58,9 @@ FrameCache* cache() {
     if ((c = g_free) != nullptr) g_free = c->next_free;
   }
   if (!c) {
-    c = static_cast<FrameCache*>(am_calloc(1, sizeof(FrameCache)));
-    if (!c) return nullptr;
+    void* mem = internal_malloc(sizeof(FrameCache));
+    if (!mem) return nullptr;
+    c = new (mem) FrameCache{};
     for (Pool& p : c->pools) p.cap = kInitialCap;
     LockGuard g;
     c->next_all = g_all;
@@ -79,23 +82,31 @@ void pool_put(Pool& pl, Node* n) {
   pl.count++;
 }
 
+void free_chain(Node* n) {
+  while (n) {
+    Node* next = n->next;
+    am_free(n);
+    n = next;
+  }
+}
+
 // Send one outgoing batch home: one CAS for the whole list.
 void flush(FrameCache* c, Outgoing& o) {
   if (o.count == 0) return;
   FrameCache* owner = o.owner;
   if (!owner->live.load(std::memory_order_acquire)) {
-    // Its thread is gone: give the frames back to amalloc instead.
-    for (Node* n = o.first; n;) {
-      Node* next = n->next;
-      am_free(n);
-      n = next;
-    }
+    free_chain(o.first);  // its thread is gone: back to amalloc instead
   } else {
     Node* head = owner->incoming.load(std::memory_order_relaxed);
     do {
       o.last->next = head;
-    } while (!owner->incoming.compare_exchange_weak(head, o.first, std::memory_order_release,
+    } while (!owner->incoming.compare_exchange_weak(head, o.first, std::memory_order_acq_rel,
                                                     std::memory_order_relaxed));
+    // Its thread may have exited between the check and the push, after its
+    // last drain (thread_exit's exchange is ordered before or after this
+    // CAS): then nobody takes them; give them back to amalloc.
+    if (!owner->live.load(std::memory_order_acquire))
+      free_chain(owner->incoming.exchange(nullptr, std::memory_order_acquire));
   }
   c->out_pending -= o.count;
   o = Outgoing{};
@@ -105,9 +116,10 @@ void flush_all(FrameCache* c) {
   for (Outgoing& o : c->out) flush(c, o);
 }
 
-// Take the frames other threads sent home into the pools.
+// Take the frames other threads sent home into the pools. (acq_rel: at
+// thread exit, live = 0 must be visible to a sender whose CAS follows.)
 void drain(FrameCache* c) {
-  Node* n = c->incoming.exchange(nullptr, std::memory_order_acquire);
+  Node* n = c->incoming.exchange(nullptr, std::memory_order_acq_rel);
   while (n) {
     Node* next = n->next;
     pool_put(c->pools[n->cls], n);
@@ -131,21 +143,26 @@ void send_home(FrameCache* c, FrameCache* owner, Node* n) {
   if (o.count >= kBatch) flush(c, o);
 }
 
-// Pools that did not miss since the last adaptation and kept more than
-// half their capacity unused give the surplus back and shrink (they grow on
-// the miss path, frame_alloc_slow).
+// At each tick, a pool that did not miss since the last one and handed
+// out fewer frames than half of those it holds halves its capacity (down to
+// kMinCap) and keeps at most half of it: an idle pool decays to a few
+// frames within log2(kMaxCap / kMinCap) ticks, a busy one keeps its size,
+// and one that shrank too far grows again on the miss path
+// (frame_alloc_slow).
 void adapt(FrameCache* c) {
   for (Pool& pl : c->pools) {
-    if (pl.misses_since_adapt == 0 && pl.count > pl.cap / 2) {
-      while (pl.count > pl.cap / 4) {
+    uint64_t used = pl.hits - pl.hits_at_adapt;
+    if (pl.misses_since_adapt == 0 && pl.count > kMinCap / 4 && used < pl.count / 2) {
+      if (pl.cap > kMinCap) pl.cap /= 2;
+      while (pl.count > pl.cap / 2) {
         Node* n = pl.head;
         pl.head = n->next;
         pl.count--;
         am_free(n);
       }
-      if (pl.cap > kMinCap) pl.cap /= 2;
     }
     pl.misses_since_adapt = 0;
+    pl.hits_at_adapt = pl.hits;
   }
 }
 
@@ -157,10 +174,8 @@ void thread_exit(void* v) {
   c->live.store(0, std::memory_order_release);
   drain(c);
   for (Pool& pl : c->pools) {
-    while (Node* n = pl.head) {
-      pl.head = n->next;
-      am_free(n);
-    }
+    free_chain(pl.head);
+    pl.head = nullptr;
     pl.count = 0;
     pl.cap = kInitialCap;
   }
@@ -247,7 +262,8 @@ __attribute__((noinline)) void* frame_alloc_slow(size_t size) {
       pl.misses_since_adapt = 0;
     }
   }
-  void* p = am_malloc(s + sizeof(Trailer));
+  // Pooled frames outlive any arena the thread binds: from its default heap.
+  void* p = internal_malloc(s + sizeof(Trailer));
   if (p) *trailer(p, s) = Trailer{c, 0};
   return p;
 }

@@ -36,6 +36,7 @@ struct Pool {
   uint32_t cap;
   uint32_t misses_since_adapt;
   uint64_t hits;
+  uint64_t hits_at_adapt;  // `hits` at the last adaptation
   uint64_t misses;
   uint64_t remote_frees;  // frames of this size this thread freed for another
 };

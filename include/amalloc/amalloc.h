@@ -132,8 +132,10 @@ AM_API void am_frame_stats(size_t size, am_frame_stats_t* out);
  * Rules: a pinned thread may read any node it reaches from the structure
  * until it unpins; it must not keep a pointer past am_epoch_exit. A pin must
  * not be held across a coroutine suspension point or a blocking call: it
- * stops reclamation for every thread (debug builds report a guard released
- * on another thread, and any pin still held at the executor idle point). */
+ * stops reclamation for every thread. Debug builds abort when a guard is
+ * released on another thread than the one that pinned; every build reports
+ * a pin still held at the executor idle point (at most once a second per
+ * thread), and names a thread pinned for longer than AMALLOC_EPOCH_WARN_MS. */
 
 /* Pin / unpin the calling thread. Nestable; only the outermost pair counts. */
 AM_API void am_epoch_enter(void);
@@ -179,6 +181,10 @@ AM_API void am_retire_fn(void* p, void (*fn)(void* p, void* ctx), void* ctx);
 /* After a grace period call fn(p, ctx) and nothing else: `p` may come from
  * any allocator, or be any value. */
 AM_API void am_epoch_defer(void* p, void (*fn)(void* p, void* ctx), void* ctx);
+/* The same for a function that frees `p`, a live block the caller owns
+ * (amalloc::retire's `delete`): if amalloc made it, its size counts in the
+ * pending bytes (am_epoch_stats) until fn has run. */
+AM_API void am_epoch_defer_free(void* p, void (*fn)(void* p, void* ctx), void* ctx);
 /* Wait for a grace period: every pin taken before the call has ended. Must
  * not be called while pinned (reported; returns at once). */
 AM_API void am_epoch_synchronize(void);

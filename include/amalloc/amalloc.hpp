@@ -195,12 +195,21 @@ inline void barrier() noexcept { am_epoch_barrier(); }
 template <class T>
 void retire(T* p) {
   if (p == nullptr) return;
-  am_epoch_defer(
-      p, [](void* q, void*) { delete static_cast<T*>(q); }, nullptr);
+  // The block `delete` frees starts at the most derived object (its size
+  // counts in the pending bytes); the deleter gets p itself.
+  void* block;
+  if constexpr (std::is_polymorphic_v<T>)
+    block = dynamic_cast<void*>(p);
+  else
+    block = const_cast<void*>(static_cast<const volatile void*>(p));
+  am_epoch_defer_free(
+      block, [](void*, void* q) { delete static_cast<T*>(q); },
+      const_cast<void*>(static_cast<const volatile void*>(p)));
 }
 
-// After a grace period: d(p). A stateful deleter is kept in a small block
-// until then.
+// After a grace period: d(p). A stateful deleter is kept until then in a
+// small block of amalloc's own (a frame of the thread's pools, never from
+// a bound heap that am_heap_destroy could free first).
 template <class T, class D>
 void retire(T* p, D d) {
   if constexpr (std::is_empty_v<D> && std::is_default_constructible_v<D>) {
@@ -211,13 +220,22 @@ void retire(T* p, D d) {
       T* p;
       D d;
     };
-    auto* h = new holder{p, std::move(d)};
+    void* mem = am_frame_alloc(sizeof(holder));
+    if (mem == nullptr) {
+#if defined(__cpp_exceptions)
+      throw std::bad_alloc();
+#else
+      std::abort();
+#endif
+    }
+    auto* h = ::new (mem) holder{p, std::move(d)};
     am_epoch_defer(
         h,
         [](void* q, void*) {
           auto* k = static_cast<holder*>(q);
           k->d(k->p);
-          delete k;
+          k->~holder();
+          am_frame_free(k, sizeof(holder));
         },
         nullptr);
   }

@@ -1156,8 +1156,9 @@ void epoll_loop_round_trip(bool use_pipe) {
       << compared << ")";
   // Committed memory: after the first cycle of sizes, no growth. Free pages
   // decay away over several purge delays, so what is still resident when a
-  // round samples varies by a few MiB; a leak grows with the rounds.
-  EXPECT_LE(later, first_cycle + 4 * kMiB) << "committed bytes grew over the rounds";
+  // round samples varies by a few MiB (up to 4.1 under TSan with other tests
+  // beside it); a leak grows with the rounds, by up to 8 MiB (a round) each.
+  EXPECT_LE(later, first_cycle + 6 * kMiB) << "committed bytes grew over the rounds";
   EXPECT_EQ(g_bad.load(), 0);
   EXPECT_EQ(bad_frees(), 0u);
 }

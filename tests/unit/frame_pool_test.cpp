@@ -6,6 +6,7 @@
 
 #include <amalloc/amalloc.hpp>
 #include <atomic>
+#include <chrono>
 #include <coroutine>
 #include <cstring>
 #include <deque>
@@ -162,6 +163,92 @@ TEST(FramePool, ThreadsThatExitGiveTheirFramesBack) {
     for (void* f : kept) am_frame_free(f, 96);
   }
   EXPECT_EQ(amt::bad_frees_since_mark(), 0u);
+}
+
+// Frames pooled while an arena is bound come from the thread's default
+// heap: destroying the arena must not free them under the pool.
+TEST(FramePool, PooledFramesSurviveTheDestroyOfABoundHeap) {
+  std::thread([] {
+    am_frame_free(am_frame_alloc(32), 32);  // the pool's record, before binding
+    amalloc::heap arena;
+    void* f[8];
+    {
+      amalloc::heap_scope scope(arena);
+      for (void*& x : f) x = am_frame_alloc(200);  // misses: fresh frames
+      for (void* x : f) am_frame_free(x, 200);     // into this thread's pool
+    }
+    arena.destroy();
+    for (void* x : f) EXPECT_EQ(am_owns(x), 1) << "a pooled frame was freed with the arena";
+    // The arena's pages are reused; no pooled frame may overlap its blocks.
+    // (Every size a 200-byte frame and its trailer may round to.)
+    std::vector<std::pair<char*, size_t>> blocks;
+    {
+      amalloc::heap_scope scope(arena);
+      for (size_t size = 200; size <= 256; size += 8)
+        for (int i = 0; i < 64; i++) {
+          blocks.emplace_back(static_cast<char*>(am_malloc(size)), size);
+          memset(blocks.back().first, 'B', size);
+        }
+    }
+    void* g[8];
+    for (void*& x : g) {
+      x = am_frame_alloc(200);
+      memset(x, 'F', 200);
+    }
+    for (auto [b, size] : blocks)
+      for (size_t j = 0; j < size; j++) ASSERT_EQ(b[j], 'B') << "a pooled frame overlaps a block";
+    for (void* x : g) am_frame_free(x, 200);
+  }).join();
+  EXPECT_EQ(amt::bad_frees_since_mark(), 0u);
+}
+
+// A pool in steady use keeps its frames across ticks: it does not miss
+// once it has grown to what the loop needs.
+TEST(FramePool, BusyPoolsKeepTheirFrames) {
+  constexpr size_t kSize = 2400;  // a size no other test pools
+  std::thread([] {
+    std::vector<void*> v;
+    auto pass = [&] {
+      for (int i = 0; i < 300; i++) v.push_back(am_frame_alloc(kSize));
+      for (void* p : v) am_frame_free(p, kSize);
+      v.clear();
+      am_executor_idle();
+    };
+    for (int i = 0; i < 10; i++) pass();  // grown
+    am_frame_stats_t s0, s1;
+    am_frame_stats(kSize, &s0);
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(600)) {
+      pass();
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    am_frame_stats(kSize, &s1);
+    EXPECT_EQ(s1.misses, s0.misses) << "a busy pool was shrunk under its loop";
+  }).join();
+}
+
+// A pool that stops missing gives its frames back at the idle point's
+// ticks, a few at a time, down to a few frames (not to a fixed fraction).
+TEST(FramePool, IdlePoolsShrinkToAFewFrames) {
+  constexpr size_t kSize = 3000;  // a size no other test pools
+  std::thread([] {
+    std::vector<void*> v;
+    for (int round = 0; round < 4; round++) {  // grow the capacity
+      for (int i = 0; i < 6000; i++) v.push_back(am_frame_alloc(kSize));
+      for (void* p : v) am_frame_free(p, kSize);
+      v.clear();
+    }
+    am_frame_stats_t s;
+    am_frame_stats(kSize, &s);
+    EXPECT_GE(s.pooled, 2048u) << "the pool should have grown with the bursts";
+    const auto t0 = std::chrono::steady_clock::now();
+    do {
+      am_executor_idle();
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      am_frame_stats(kSize, &s);
+    } while (s.pooled > 8 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20));
+    EXPECT_LE(s.pooled, 8u) << "an idle pool keeps its frames";
+  }).join();
 }
 
 }  // namespace

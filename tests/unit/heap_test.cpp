@@ -7,6 +7,7 @@
 #include <amalloc/amalloc.hpp>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <memory_resource>
 #include <string>
@@ -179,5 +180,154 @@ TEST(Heap, ScopeBindsAndRestores) {
   }
   EXPECT_EQ(am_heap_bind(nullptr), nullptr);
 }
+
+// The epoch collector's batches come from the default heap: retirements
+// made while an arena is bound survive its destroy.
+TEST(Heap, RetirementsWhileAHeapIsBoundSurviveItsDestroy) {
+  std::thread([] {
+    void* warm = am_malloc(8);  // the thread's epoch record, no open batch
+    am_retire(warm);
+    am_epoch_barrier();
+    void* early[3];  // blocks of the default heap, retired with the arena bound
+    for (void*& x : early) x = am_malloc(64);
+    amalloc::heap arena;
+    {
+      amalloc::heap_scope scope(arena);
+      for (void* x : early) am_retire(x);  // opens a batch
+    }
+    arena.destroy();
+    std::vector<std::pair<char*, size_t>> blocks;
+    {
+      amalloc::heap_scope scope(arena);  // reuses the destroyed pages
+      for (size_t size = 256; size <= 4096; size += size / 4)
+        for (int i = 0; i < 32; i++) {
+          blocks.emplace_back(static_cast<char*>(am_malloc(size)), size);
+          memset(blocks.back().first, 'B', size);
+        }
+    }
+    for (int i = 0; i < 3; i++) am_retire(am_malloc(64));  // appends to the batch
+    am_epoch_barrier();
+    for (auto [b, size] : blocks)
+      for (size_t j = 0; j < size; j++) ASSERT_EQ(b[j], 'B') << "the batch overlapped a block";
+  }).join();
+  EXPECT_EQ(amt::bad_frees_since_mark(), 0u);
+}
+
+// Destroying or deleting a heap that another thread has bound would pull
+// its pages from under that thread: refused with EBUSY.
+TEST(Heap, DestroyAndDeleteOfAHeapBoundElsewhereAreRefused) {
+  am_heap_t* h = am_heap_new();
+  std::atomic<int> step{0};
+  std::thread t([&] {
+    am_heap_bind(h);
+    char* p = static_cast<char*>(am_malloc(100));
+    memset(p, 'A', 100);
+    step = 1;
+    while (step.load() != 2) std::this_thread::yield();
+    for (int i = 0; i < 100; i++) EXPECT_EQ(p[i], 'A');
+    char* q = static_cast<char*>(am_malloc(100));  // the heap still works
+    EXPECT_NE(q, nullptr);
+    am_free(q);
+    am_free(p);
+    am_heap_bind(nullptr);
+  });
+  while (step.load() != 1) std::this_thread::yield();
+  errno = 0;
+  am_heap_destroy(h);
+  EXPECT_EQ(errno, EBUSY);
+  errno = 0;
+  am_heap_delete(h);
+  EXPECT_EQ(errno, EBUSY);
+  step = 2;
+  t.join();
+  errno = 0;
+  am_heap_delete(h);  // unbound now
+  EXPECT_EQ(errno, 0);
+}
+
+// A bind on another thread racing a destroy: either the destroy is refused
+// or the bind is, never a destroy under a thread that has the heap bound.
+TEST(Heap, DestroyRacingABindOnAnotherThreadNeverPullsPagesFromIt) {
+  am_heap_t* h = am_heap_new();
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> damaged{0}, rounds{0};
+  std::string err = amt::capture_stderr([&] {
+    std::thread user([&] {
+      while (!stop) {
+        if (am_heap_bind(h) != h && errno == EBUSY) continue;  // the destroyer has it
+        char* p[8];
+        for (char*& x : p) {
+          x = static_cast<char*>(am_malloc(64));
+          memset(x, 'U', 64);
+        }
+        for (char* x : p)
+          if (amt::check_bytes(x, 64, 'U') != SIZE_MAX) damaged++;
+        for (char* x : p) am_free(x);
+        am_heap_bind(nullptr);
+        rounds++;
+      }
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(300) ||
+           rounds.load() < 100)
+      am_heap_destroy(h);
+    stop = true;
+    user.join();
+  });
+  EXPECT_EQ(damaged.load(), 0u);
+  // (Refusals are reported too; a bad free would be one of free's.)
+  EXPECT_EQ(err.find("free()"), std::string::npos) << err.substr(0, 2000);
+  am_heap_delete(h);
+}
+
+#ifndef NDEBUG
+// Debug builds check that a heap is used by one thread at a time.
+TEST(HeapDebugCheck, AllocatingFromAHeapBoundOnAnotherThreadAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        am_heap_t* h = am_heap_new();
+        std::atomic<bool> bound{false};
+        std::thread t([&] {
+          am_heap_bind(h);
+          bound = true;
+          for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+        });
+        t.detach();
+        while (!bound) std::this_thread::yield();
+        void* p = am_heap_malloc(h, 64);
+        am_free(p);
+      },
+      "am_heap_malloc\\(\\): heap 0x[0-9a-f]+ is bound on another thread");
+}
+
+TEST(HeapDebugCheck, TwoThreadsInsideCallsOnOneHeapAbort) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        am_heap_t* h = am_heap_new();
+        auto churn = [h] {
+          for (;;) {
+            void* p[16];
+            for (void*& x : p) x = am_heap_realloc(h, am_heap_malloc(h, 100), 5000);
+            for (void* x : p) am_free(x);
+          }
+        };
+        std::thread(churn).detach();
+        churn();
+      },
+      "heap 0x[0-9a-f]+ is in use on another thread at the same time");
+}
+
+TEST(HeapDebugCheck, AGuardReleasedOnAnotherThreadAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        auto* g = new amalloc::epoch::guard;
+        std::thread([g] { delete g; }).join();
+      },
+      "epoch::guard released on another thread");
+}
+#endif
 
 }  // namespace

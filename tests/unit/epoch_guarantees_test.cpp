@@ -1,0 +1,231 @@
+// The epoch collector's documented guarantees that the structure tests do
+// not reach: a deleter that pins inside an executor's idle point, the order
+// of one thread's deleters, am_retire_fn's function before the free, the
+// pending bytes of amalloc::retire, the long-pin warning, and the pattern
+// that test builds write into reclaimed blocks.
+#include <amalloc/amalloc.h>
+#include <gtest/gtest.h>
+
+#include <amalloc/amalloc.hpp>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "amalloc_test_support.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+
+// ---- a deleter that pins, run at an executor's idle point ---------------------
+
+struct Cell {
+  std::atomic<uint64_t> alive;
+};
+constexpr uint64_t kAlive = 0xA11CE;
+
+std::atomic<Cell*> g_shared;
+std::atomic<bool> g_deleter_done;
+std::atomic<uint64_t> g_bad_reads;
+thread_local bool t_on_executor = false;
+
+// Reads the shared cell under a guard for 100 ms, while a writer replaces
+// it, waits for a grace period and frees it: the guard must hold the
+// writer's grace period up. (Deferred again until it runs on the executor.)
+void pinning_deleter(void*, void*) {
+  if (!t_on_executor) {
+    am_epoch_defer(reinterpret_cast<void*>(1), pinning_deleter, nullptr);
+    return;
+  }
+  {
+    amalloc::epoch::guard g;
+    Cell* c = g_shared.load(std::memory_order_acquire);
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < 100ms)
+      if (c->alive.load(std::memory_order_relaxed) != kAlive) {
+        g_bad_reads++;
+        break;
+      }
+  }
+  g_deleter_done = true;
+}
+
+TEST(EpochGuarantees, ADeleterOnAnExecutorsIdlePointPinsWithAGuard) {
+  auto* first = static_cast<Cell*>(am_malloc(sizeof(Cell)));
+  first->alive = kAlive;
+  g_shared = first;
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    while (!stop) {
+      auto* c = static_cast<Cell*>(am_malloc(sizeof(Cell)));
+      c->alive = kAlive;
+      Cell* old = g_shared.exchange(c);
+      am_epoch_synchronize();
+      old->alive = 0xDEAD;  // as good as freed: a reader still on it sees it
+      am_free(old);
+      std::this_thread::sleep_for(100us);
+    }
+  });
+  std::thread executor([] {
+    t_on_executor = true;
+    amalloc::epoch::executor reg;
+    am_epoch_defer(reinterpret_cast<void*>(1), pinning_deleter, nullptr);
+    while (!g_deleter_done) {
+      am_executor_idle();
+      std::this_thread::sleep_for(100us);
+    }
+  });
+  executor.join();
+  stop = true;
+  writer.join();
+  am_free(g_shared.exchange(nullptr));
+  EXPECT_EQ(g_bad_reads.load(), 0u) << "a deleter's guard did not hold a grace period up";
+}
+
+// A deleter run at an executor's idle point may unregister the executor:
+// the thread must then be unpinned, or every grace period waits for it.
+TEST(EpochGuarantees, ADeleterThatUnregistersItsExecutorLeavesItUnpinned) {
+  std::atomic<bool> ran{false}, stop{false};
+  std::thread executor([&] {
+    am_epoch_executor_register();
+    am_epoch_defer(
+        &ran,
+        [](void* flag, void*) {
+          am_epoch_executor_unregister();
+          static_cast<std::atomic<bool>*>(flag)->store(true);
+        },
+        nullptr);
+    while (!ran) {
+      am_executor_idle();
+      std::this_thread::sleep_for(100us);
+    }
+    while (!stop) std::this_thread::sleep_for(1ms);  // alive, no longer an executor
+  });
+  while (!ran) std::this_thread::sleep_for(1ms);
+  std::atomic<bool> synced{false};
+  std::thread waiter([&] {
+    am_epoch_synchronize();
+    synced = true;
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!synced && std::chrono::steady_clock::now() - t0 < 5s) std::this_thread::sleep_for(1ms);
+  EXPECT_TRUE(synced.load()) << "a grace period waits for a thread that is no executor any more";
+  stop = true;
+  executor.join();
+  waiter.join();
+}
+
+// ---- order, and am_retire_fn's function before the free -----------------------
+
+std::vector<int> g_order;  // deleters of one thread run one at a time, in order
+
+TEST(EpochGuarantees, OneThreadsDeletersRunInTheOrderOfItsRetirements) {
+  std::thread([] {
+    g_order.clear();
+    static int ids[1000];
+    for (int i = 0; i < 1000; i++) {  // over several batches
+      ids[i] = i;
+      am_epoch_defer(
+          &ids[i], [](void* p, void*) { g_order.push_back(*static_cast<int*>(p)); }, nullptr);
+    }
+    am_epoch_barrier();
+  }).join();
+  ASSERT_EQ(g_order.size(), 1000u);
+  for (int i = 0; i < 1000; i++) ASSERT_EQ(g_order[i], i);
+}
+
+TEST(EpochGuarantees, RetireFnRunsItsFunctionWhileTheBlockIsStillValid) {
+  struct Ctx {
+    int runs = 0;
+    bool intact = true;
+  } ctx;
+  auto* p = static_cast<unsigned char*>(am_malloc(256));
+  memset(p, 0x5A, 256);
+  am_retire_fn(
+      p,
+      [](void* q, void* c) {
+        auto* x = static_cast<Ctx*>(c);
+        x->runs++;
+        // Still the caller's block: owned, and its contents untouched.
+        x->intact = am_owns(q) && amt::check_bytes(q, 256, 0x5A) == SIZE_MAX;
+      },
+      &ctx);
+  am_epoch_barrier();
+  EXPECT_EQ(ctx.runs, 1);
+  EXPECT_TRUE(ctx.intact);
+}
+
+// ---- pending bytes --------------------------------------------------------------
+
+// Made by amalloc also in this test program, which does not replace the
+// global operator new.
+struct Payload {
+  char bytes[1000];
+  static void* operator new(size_t n) { return am_malloc(n); }
+  static void operator delete(void* p) { am_free(p); }
+};
+
+TEST(EpochGuarantees, PendingBytesCountTheBlocksOfCppRetire) {
+  std::thread([] {
+    am_epoch_barrier();
+    am_epoch_stats_t before, after;
+    am_epoch_stats(&before);
+    amalloc::epoch::guard g;  // nothing is reclaimed while this thread is pinned
+    for (int i = 0; i < 50; i++) amalloc::retire(new Payload);
+    am_epoch_stats(&after);
+    EXPECT_GE(after.pending_bytes - before.pending_bytes, 50u * sizeof(Payload));
+    // A deferred function on something that is not a block of ours counts 0.
+    static int not_a_block;
+    am_epoch_stats(&before);
+    am_epoch_defer(
+        &not_a_block, [](void*, void*) {}, nullptr);
+    am_epoch_stats(&after);
+    EXPECT_EQ(after.pending_bytes, before.pending_bytes);
+  }).join();
+  am_epoch_barrier();
+}
+
+// ---- the long-pin warning ---------------------------------------------------------
+
+AMT_SCENARIO(epoch_long_pin) {
+  std::atomic<int> step{0};
+  std::thread pinned([&] {
+    am_epoch_enter();
+    step = 1;
+    std::this_thread::sleep_for(400ms);
+    am_epoch_exit();
+  });
+  while (step.load() == 0) std::this_thread::yield();
+  am_epoch_synchronize();  // tries to advance until the pin ends
+  pinned.join();
+  return 0;
+}
+
+TEST(EpochGuarantees, AThreadPinnedTooLongIsNamed) {
+  auto c = amt::run_scenario("epoch_long_pin", {{"AMALLOC_EPOCH_WARN_MS", "100"}});
+  ASSERT_TRUE(c.exited_ok()) << c.describe();
+  EXPECT_NE(c.err.find("amalloc: epoch: thread "), std::string::npos) << c.describe();
+  EXPECT_NE(c.err.find(" has stayed pinned for over "), std::string::npos) << c.describe();
+  auto quiet = amt::run_scenario("epoch_long_pin", {{"AMALLOC_EPOCH_WARN_MS", "0"}});
+  ASSERT_TRUE(quiet.exited_ok()) << quiet.describe();
+  EXPECT_EQ(quiet.err.find("has stayed pinned"), std::string::npos) << quiet.describe();
+}
+
+// ---- test builds: reclaimed blocks are filled -----------------------------------------
+
+#ifdef AMALLOC_POISON
+TEST(EpochGuarantees, TestBuildsFillReclaimedBlocks) {
+  auto* p = static_cast<unsigned char*>(am_malloc(512));
+  memset(p, 0x11, 512);
+  am_retire(p);
+  am_epoch_barrier();
+  // The first word may hold the free list's link; the rest is the pattern
+  // (amalloc's pages are its own mappings, so reading them is defined here).
+  EXPECT_EQ(amt::check_bytes(p + 16, 512 - 16, 0xDE), SIZE_MAX);
+}
+#endif
+
+}  // namespace
