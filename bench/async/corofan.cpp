@@ -10,6 +10,12 @@
 // pattern an async runtime gives its allocator. The program counts those
 // cross-thread frees to show that they happen.
 //
+// Built a second time as am_wl_corochain (WL_CHAIN): deep co_await chains.
+// The root spawns 16 chains; every other node awaits one child, down to a
+// depth of 256 (quick): a deep stack of suspended frames on each chain,
+// created level by level wherever the chain runs and destroyed in reverse
+// order as the results come back up.
+//
 // Metrics: tasks_per_s (primary), time_s, tasks, cross_thread_frees,
 // cross_free_pct, steals, peak_rss_kib.
 #include <atomic>
@@ -27,10 +33,14 @@ using wl_async::Task;
 
 namespace {
 
+// Trees: `fanout` children per node. Chains (chain = true): the root has
+// `fanout` children, every other node one. Either way the nodes are
+// numbered 0..N-1, level by level.
 struct Shape {
   uint64_t fanout;
   unsigned depth;  // levels below the root
   uint64_t seed;
+  bool chain = false;
 };
 
 // Half of the leaves (chosen by the seed) wait for a simulated I/O
@@ -42,9 +52,10 @@ Task<uint64_t> leaf(Pool& pool, uint64_t index, uint64_t seed) {
 
 Task<uint64_t> node(Pool& pool, const Shape& s, uint64_t index, unsigned level) {
   std::vector<Task<uint64_t>> kids;
-  kids.reserve(s.fanout);
-  const uint64_t first = index * s.fanout + 1;
-  for (uint64_t c = 0; c < s.fanout; ++c) {
+  const uint64_t n_kids = s.chain && level > 0 ? 1 : s.fanout;
+  kids.reserve(n_kids);
+  const uint64_t first = s.chain ? (level == 0 ? 1 : index + s.fanout) : index * s.fanout + 1;
+  for (uint64_t c = 0; c < n_kids; ++c) {
     if (level + 1 == s.depth)
       kids.push_back(leaf(pool, first + c, s.seed));
     else
@@ -57,6 +68,7 @@ Task<uint64_t> node(Pool& pool, const Shape& s, uint64_t index, unsigned level) 
 }
 
 uint64_t tree_nodes(const Shape& s) {
+  if (s.chain) return 1 + s.fanout * s.depth;
   uint64_t n = 1, level = 1;
   for (unsigned d = 0; d < s.depth; ++d) {
     level *= s.fanout;
@@ -68,17 +80,26 @@ uint64_t tree_nodes(const Shape& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  WlArgs args = wl_parse(argc, argv, "corofan");
+#ifdef WL_CHAIN
+  const char* name = "corochain";
+  WlArgs args = wl_parse(argc, argv, name);
+  wl_arm_hard_cap(args);
+  Shape shape{16, wl_pick(args, 64u, 256u, 1024u), args.seed, true};
+  const unsigned rounds = wl_pick(args, 2u, 600u, 1000u);
+#else
+  const char* name = "corofan";
+  WlArgs args = wl_parse(argc, argv, name);
   wl_arm_hard_cap(args);
   Shape shape{4, wl_pick(args, 5u, 9u, 10u), args.seed};
   const unsigned rounds =
       wl_pick(args, 2u, 20u, 40u);  // enough rounds to average how work is stolen
+#endif
   const uint64_t n = tree_nodes(shape);
   // Unsigned arithmetic modulo 2^64, like the tasks' own sums.
   const uint64_t expect_root =
       n * shape.seed + (n % 2 == 0 ? (n / 2) * (n - 1) : n * ((n - 1) / 2));
 
-  WlResult r = wl_result("corofan", args.size, args.threads, "tasks_per_s", "higher");
+  WlResult r = wl_result(name, args.size, args.threads, "tasks_per_s", "higher");
 
   Pool pool(args.threads);
   const double soft_cap = wl_soft_cap_s(args);
@@ -94,7 +115,7 @@ int main(int argc, char** argv) {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
       if (wl_now_s() - t0 > 2 * soft_cap) {
         // Hung: report a wrong result rather than wait for the alarm.
-        std::fprintf(stderr, "am_wl_corofan: round %u did not finish in time\n", round);
+        std::fprintf(stderr, "am_wl_%s: round %u did not finish in time\n", name, round);
         r.metric("time_s", wl_now_s() - t0);
         r.checksum = wl_hex(checksum);
         r.checksum_ok = false;
@@ -105,8 +126,8 @@ int main(int argc, char** argv) {
     }
     const uint64_t v = root.value();
     if (v != expect_root) {
-      std::fprintf(stderr, "am_wl_corofan: round %u: root value %016llx, expected %016llx\n", round,
-                   static_cast<unsigned long long>(v),
+      std::fprintf(stderr, "am_wl_%s: round %u: root value %016llx, expected %016llx\n", name,
+                   round, static_cast<unsigned long long>(v),
                    static_cast<unsigned long long>(expect_root));
       ok = false;
     }
@@ -124,7 +145,7 @@ int main(int argc, char** argv) {
   const uint64_t frames = pool.frames() + wl_async::tl_frames;
   const uint64_t cross = pool.cross_frees() + wl_async::tl_cross_frees;
   if (frames != tasks) {
-    std::fprintf(stderr, "am_wl_corofan: %llu frames created, %llu tasks expected\n",
+    std::fprintf(stderr, "am_wl_%s: %llu frames created, %llu tasks expected\n", name,
                  static_cast<unsigned long long>(frames), static_cast<unsigned long long>(tasks));
     ok = false;
   }
@@ -139,7 +160,7 @@ int main(int argc, char** argv) {
   if (capped) r.metric("capped", 1);
   r.checksum = wl_hex(checksum);
   r.checksum_ok = ok;
-  std::fprintf(stderr, "corofan: %u threads, %llu tasks in %.3f s, %llu freed on another thread\n",
+  std::fprintf(stderr, "%s: %u threads, %llu tasks in %.3f s, %llu freed on another thread\n", name,
                args.threads, static_cast<unsigned long long>(tasks), time_s,
                static_cast<unsigned long long>(cross));
   return wl_finish(r);

@@ -18,7 +18,18 @@
 // from it (wl_fill); consumers verify it before the free. The checksum of
 // the tags produced must equal that of the tags verified and freed.
 //
-// Metrics: frees_per_s (primary), time_s, pairs, peak_rss_kib.
+// Built a second time as am_wl_xfree_exec (WL_EXECUTOR): the same work on
+// executor heaps where the allocator has them. When amalloc is preloaded
+// (am_heap_new found with dlsym; the program is not linked against it),
+// each thread binds a heap of its own and calls the executor idle point
+// where an event loop would: when its ring is full or empty, and after
+// each 32 blocks (a pass of its run queue). Under other allocators it runs
+// like xfree. The metric executor_heaps says which it was.
+//
+// Metrics: frees_per_s (primary), time_s, pairs, executor_heaps,
+// peak_rss_kib.
+#include <dlfcn.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -31,6 +42,44 @@
 namespace {
 
 constexpr uint32_t kRing = 1024;
+
+// amalloc's executor API, when amalloc is the preloaded allocator.
+struct Executor {
+  void* (*heap_new)() = nullptr;
+  void* (*heap_bind)(void*) = nullptr;
+  void (*heap_delete)(void*) = nullptr;
+  void (*idle)() = nullptr;
+  bool on() const { return idle != nullptr; }
+};
+Executor g_exec;
+
+void find_executor_api() {
+#ifdef WL_EXECUTOR
+  Executor e;
+  e.heap_new = reinterpret_cast<void* (*)()>(dlsym(RTLD_DEFAULT, "am_heap_new"));
+  e.heap_bind = reinterpret_cast<void* (*)(void*)>(dlsym(RTLD_DEFAULT, "am_heap_bind"));
+  e.heap_delete = reinterpret_cast<void (*)(void*)>(dlsym(RTLD_DEFAULT, "am_heap_delete"));
+  e.idle = reinterpret_cast<void (*)()>(dlsym(RTLD_DEFAULT, "am_executor_idle"));
+  if (e.heap_new && e.heap_bind && e.heap_delete && e.idle) g_exec = e;
+#endif
+}
+
+// An executor's heap for the life of a thread's loop.
+struct ExecutorScope {
+  void* heap = nullptr;
+  ExecutorScope() {
+    if (g_exec.on() && (heap = g_exec.heap_new()) != nullptr) g_exec.heap_bind(heap);
+  }
+  ~ExecutorScope() {
+    if (!heap) return;
+    g_exec.heap_bind(nullptr);
+    g_exec.heap_delete(heap);  // blocks still in flight stay valid
+  }
+};
+
+inline void idle_point() {
+  if (g_exec.on()) g_exec.idle();
+}
 
 struct alignas(64) Ring {
   void* slot[kRing];
@@ -46,6 +95,7 @@ size_t tag_size(uint64_t tag, uint64_t seed) {
 
 // Spin a little, then give the CPU away (more threads than cores).
 void wait_a_bit(unsigned& spins) {
+  if (spins == 0) idle_point();  // about to wait: an event loop's idle point
   if (++spins < 64) return;
   spins = 0;
   std::this_thread::yield();
@@ -56,6 +106,7 @@ void wait_a_bit(unsigned& spins) {
 constexpr uint64_t kPublish = 32;
 
 void produce(Ring& r, unsigned pair, uint64_t blocks, uint64_t seed, WlChecksum& made) {
+  ExecutorScope executor;
   uint64_t head = 0, tail_seen = 0;
   for (uint64_t i = 0; i < blocks; ++i) {
     uint64_t tag = (uint64_t(pair) << 40) | i;
@@ -72,12 +123,16 @@ void produce(Ring& r, unsigned pair, uint64_t blocks, uint64_t seed, WlChecksum&
       if (head - tail_seen == kRing) wait_a_bit(spins);
     }
     r.slot[head % kRing] = p;
-    if (++head % kPublish == 0) r.head.store(head, std::memory_order_release);
+    if (++head % kPublish == 0) {
+      r.head.store(head, std::memory_order_release);
+      idle_point();
+    }
   }
   r.head.store(head, std::memory_order_release);
 }
 
 void consume(Ring& r, uint64_t blocks, uint64_t seed, WlChecksum& freed, uint64_t& bad) {
+  ExecutorScope executor;
   uint64_t tail = 0, head_seen = 0;
   while (tail < blocks) {
     unsigned spins = 0;
@@ -87,7 +142,10 @@ void consume(Ring& r, uint64_t blocks, uint64_t seed, WlChecksum& freed, uint64_
       if (tail == head_seen) wait_a_bit(spins);
     }
     auto* p = static_cast<unsigned char*>(r.slot[tail % kRing]);
-    if (++tail % kPublish == 0) r.tail.store(tail, std::memory_order_release);
+    if (++tail % kPublish == 0) {
+      r.tail.store(tail, std::memory_order_release);
+      idle_point();
+    }
     uint64_t tag;
     std::memcpy(&tag, p, 8);
     if (wl_verify(p + 8, tag_size(tag, seed) - 8, tag))
@@ -101,7 +159,13 @@ void consume(Ring& r, uint64_t blocks, uint64_t seed, WlChecksum& freed, uint64_
 }  // namespace
 
 int main(int argc, char** argv) {
-  WlArgs args = wl_parse(argc, argv, "xfree");
+#ifdef WL_EXECUTOR
+  const char* name = "xfree_exec";
+#else
+  const char* name = "xfree";
+#endif
+  WlArgs args = wl_parse(argc, argv, name);
+  find_executor_api();
   wl_arm_hard_cap(args);
   const unsigned pairs = std::max(1u, args.threads / 2);
   const uint64_t blocks = wl_pick<uint64_t>(args, 50000, 3000000, 12000000);
@@ -126,13 +190,15 @@ int main(int argc, char** argv) {
   for (auto& x : freed) f.merge(x);
   for (auto x : bad) nbad += x;
   if (nbad != 0 || !(m == f))
-    std::fprintf(stderr, "xfree: %llu damaged, %llu made, %llu freed\n", (unsigned long long)nbad,
-                 (unsigned long long)m.count, (unsigned long long)f.count);
+    std::fprintf(stderr, "%s: %llu damaged, %llu made, %llu freed\n", name,
+                 (unsigned long long)nbad, (unsigned long long)m.count,
+                 (unsigned long long)f.count);
 
-  WlResult r = wl_result("xfree", args.size, 2 * pairs, "frees_per_s", "higher");
+  WlResult r = wl_result(name, args.size, 2 * pairs, "frees_per_s", "higher");
   r.metric("frees_per_s", double(f.count) / secs);
   r.metric("time_s", secs);
   r.metric("pairs", pairs);
+  r.metric("executor_heaps", g_exec.on() ? 1 : 0);
   r.metric("peak_rss_kib", double(peak_rss_kib()));
   r.checksum = wl_hex(f);
   r.checksum_ok = nbad == 0 && m == f;
