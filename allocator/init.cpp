@@ -63,7 +63,9 @@ void print_options() {
       .num(g_options.trim)
       .str(" epoch_warn=")
       .num(g_options.epoch_warn_ms)
-      .str("ms\n")
+      .str("ms epoch_membarrier=")
+      .num(g_options.epoch_membarrier)
+      .ch('\n')
       .flush(2);
 }
 

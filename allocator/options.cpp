@@ -78,6 +78,8 @@ bool options_init() {
       g_options.trim = !equals(v, "0");
     } else if (starts_with(*e, "AMALLOC_EPOCH_WARN_MS=", &v)) {
       g_options.epoch_warn_ms = parse_u32(v, g_options.epoch_warn_ms);
+    } else if (starts_with(*e, "AMALLOC_EPOCH_MEMBARRIER=", &v)) {
+      g_options.epoch_membarrier = !equals(v, "0");
     } else if (starts_with(*e, "AMALLOC_VERBOSE=", &v)) {
       g_options.verbose = !equals(v, "0");
     } else {

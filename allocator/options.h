@@ -33,6 +33,10 @@ struct Options {
   uint32_t purge_delay_ms = 100;
   // AMALLOC_EPOCH_WARN_MS=ms: name a thread pinned this long (0: never)
   uint32_t epoch_warn_ms = 1000;
+  // AMALLOC_EPOCH_MEMBARRIER=0: a full fence on every pin instead of
+  // membarrier(2) on the reclaiming side (what happens anyway where the
+  // kernel or a seccomp filter refuses membarrier)
+  uint8_t epoch_membarrier = 1;
   // AMALLOC_SEGMENT_CACHE=n: empty 4 MiB segments kept mapped (purged)
   uint32_t segment_cache = 64;
 };

@@ -320,9 +320,9 @@ bool os_membarrier_register() {
   return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
 }
 
-void os_membarrier() {
+bool os_membarrier() {
   ErrnoGuard guard;
-  syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+  return syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
 }
 
 int os_gettid() { return static_cast<int>(syscall(SYS_gettid)); }

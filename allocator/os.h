@@ -67,7 +67,7 @@ uint64_t os_coarse_resolution_ms();  // how far os_now_ms() may lag (>= 1)
 // kernel lacks it (the caller then uses fences on both sides).
 bool os_membarrier_register();
 // A full memory barrier on every running thread of the process.
-void os_membarrier();
+bool os_membarrier();  // false if the kernel refused it
 int os_gettid();
 // Give up the CPU: a yield for short waits, a sleep for long ones.
 void os_yield();

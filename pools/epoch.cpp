@@ -79,11 +79,23 @@ void lock_open(Record* r) {
 }
 void unlock_open(Record* r) { r->open_lock.store(0, std::memory_order_release); }
 
-void heavy_fence() {
-  if (membarrier_on())
-    os_membarrier();
-  else
+// Whether readers pin without a fence (see pin()): membarrier works, and
+// the options allow it.
+bool use_membarrier() { return g_options.epoch_membarrier && os_membarrier_register(); }
+
+// False when membarrier, registered, fails (a seccomp filter installed
+// since): readers that pinned without a fence cannot be seen to be done,
+// so nothing may be reclaimed any more. Said once.
+bool heavy_fence() {
+  if (!membarrier_on()) {
     std::atomic_thread_fence(std::memory_order_seq_cst);
+    return true;
+  }
+  if (AM_LIKELY(os_membarrier())) return true;
+  static std::atomic<bool> said{false};
+  if (!said.exchange(true, std::memory_order_relaxed))
+    misuse("am_epoch", "membarrier(2) failed after it was registered; reclamation stops");
+  return false;
 }
 
 void append_sealed(Batch* b) {  // under g_mu
@@ -189,7 +201,7 @@ bool try_advance() {
   uint64_t e = epoch_now().load(std::memory_order_acquire);
   Record* late = pinned_behind(e);
   if (!late) {
-    heavy_fence();
+    if (!heavy_fence()) return false;
     late = pinned_behind(e);
   }
   if (late) {
@@ -364,7 +376,7 @@ void fork_child() {
   if (g_fork_took_reclaim) g_reclaiming.store(0, std::memory_order_relaxed);
   // The registration belongs to the parent's mm; only this thread runs, so
   // switching to fences is safe if the child cannot register.
-  if (membarrier_on()) am_epoch_reader_fence_ = os_membarrier_register() ? 0 : 1;
+  if (membarrier_on()) am_epoch_reader_fence_ = use_membarrier() ? 0 : 1;
 }
 
 // The worker's task: seal batches left open, advance, reclaim. Batches
@@ -390,7 +402,7 @@ uint64_t background_task(uint64_t now) {
 }
 
 void init_once() {
-  am_epoch_reader_fence_ = os_membarrier_register() ? 0 : 1;
+  am_epoch_reader_fence_ = use_membarrier() ? 0 : 1;
   g_advanced_ms.store(os_now_ms(), std::memory_order_relaxed);
   pthread_key_create(&g_key, thread_exit);
   pthread_atfork(fork_prepare, fork_parent, fork_child);

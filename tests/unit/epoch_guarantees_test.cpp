@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -188,6 +189,20 @@ TEST(EpochGuarantees, PendingBytesCountTheBlocksOfCppRetire) {
   am_epoch_barrier();
 }
 
+TEST(EpochGuarantees, TheStatsReportHasTheCollectorsLine) {
+  std::thread([] {
+    amalloc::epoch::guard g;  // keeps the three pending
+    for (int i = 0; i < 3; i++) am_retire(am_malloc(100));
+    std::string text = amt::capture_stderr([] { am_stats_print(); });
+    std::string json = amt::capture_stderr([] { am_stats_print_json(); });
+    EXPECT_NE(text.find("  epochs:     epoch "), std::string::npos) << text;
+    EXPECT_NE(text.find(" pending ("), std::string::npos) << text;
+    EXPECT_NE(json.find(",\"epoch\":{\"epoch\":"), std::string::npos) << json;
+    EXPECT_NE(json.find("\"pending_bytes\":"), std::string::npos) << json;
+  }).join();
+  am_epoch_barrier();
+}
+
 // ---- the long-pin warning ---------------------------------------------------------
 
 AMT_SCENARIO(epoch_long_pin) {
@@ -212,6 +227,56 @@ TEST(EpochGuarantees, AThreadPinnedTooLongIsNamed) {
   auto quiet = amt::run_scenario("epoch_long_pin", {{"AMALLOC_EPOCH_WARN_MS", "0"}});
   ASSERT_TRUE(quiet.exited_ok()) << quiet.describe();
   EXPECT_EQ(quiet.err.find("has stayed pinned"), std::string::npos) << quiet.describe();
+}
+
+// ---- the fence fallback (no membarrier) ----------------------------------------------
+
+// Readers under guards against a writer that replaces a cell, waits for a
+// grace period and poisons the old one: with fences on every pin instead of
+// membarrier, no reader may see a poisoned cell.
+AMT_SCENARIO(epoch_fences) {
+  if (am_epoch_reader_fence_ != 1) {
+    std::printf("membarrier still in use\n");
+    return 2;
+  }
+  auto* first = static_cast<Cell*>(am_malloc(sizeof(Cell)));
+  first->alive = kAlive;
+  g_shared = first;
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> bad{0}, reads{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 2; t++)
+    readers.emplace_back([&] {
+      while (!stop) {
+        amalloc::epoch::guard g;
+        Cell* c = g_shared.load(std::memory_order_acquire);
+        for (int i = 0; i < 64; i++)
+          if (c->alive.load(std::memory_order_relaxed) != kAlive) bad++;
+        reads++;
+      }
+    });
+  const auto t0 = std::chrono::steady_clock::now();
+  uint64_t swaps = 0;
+  while (std::chrono::steady_clock::now() - t0 < 300ms) {
+    auto* c = static_cast<Cell*>(am_malloc(sizeof(Cell)));
+    c->alive = kAlive;
+    Cell* old = g_shared.exchange(c);
+    am_epoch_synchronize();
+    old->alive = 0xDEAD;
+    am_free(old);
+    swaps++;
+  }
+  stop = true;
+  for (auto& t : readers) t.join();
+  std::printf("swaps %llu reads %llu bad %llu\n", static_cast<unsigned long long>(swaps),
+              static_cast<unsigned long long>(reads.load()),
+              static_cast<unsigned long long>(bad.load()));
+  return bad.load() == 0 && swaps > 10 ? 0 : 1;
+}
+
+TEST(EpochGuarantees, WithoutMembarrierReadersFenceAndGracePeriodsHold) {
+  auto c = amt::run_scenario("epoch_fences", {{"AMALLOC_EPOCH_MEMBARRIER", "0"}});
+  EXPECT_TRUE(c.exited_ok()) << c.describe();
 }
 
 // ---- test builds: reclaimed blocks are filled -----------------------------------------
