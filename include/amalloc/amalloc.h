@@ -189,7 +189,9 @@ AM_API void am_epoch_defer_free(void* p, void (*fn)(void* p, void* ctx), void* c
  * not be called while pinned (reported; returns at once). */
 AM_API void am_epoch_synchronize(void);
 /* Wait until every retirement made before the call, by any thread, has been
- * reclaimed (its deleter run). Must not be called while pinned. */
+ * reclaimed (its deleter run). Must not be called while pinned. Both waits
+ * return at once, reported, when called from a deleter (the caller is the
+ * reclaimer they would wait for). */
 AM_API void am_epoch_barrier(void);
 
 /* Quiescent-state mode: an executor thread (an event loop) registers once;

@@ -203,6 +203,19 @@ TEST(EpochGuarantees, TheStatsReportHasTheCollectorsLine) {
   am_epoch_barrier();
 }
 
+// A guard held at the idle point (across a co_await, most likely) is
+// reported, once a second at most, however often the loop comes by.
+TEST(EpochGuarantees, TheIdlePointReportsAGuardHeldAcrossIt) {
+  std::string err = amt::capture_stderr([] {
+    std::thread([] {
+      amalloc::epoch::guard g;
+      for (int i = 0; i < 100; i++) am_executor_idle();
+    }).join();
+  });
+  EXPECT_EQ(amt::lines_containing(err, "am_executor_idle(): called while pinned").size(), 1u)
+      << err;
+}
+
 // ---- the long-pin warning ---------------------------------------------------------
 
 AMT_SCENARIO(epoch_long_pin) {
