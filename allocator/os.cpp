@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 
 #include "allocator/config.h"
 #include "allocator/options.h"
@@ -323,6 +324,26 @@ bool os_membarrier_register() {
 bool os_membarrier() {
   ErrnoGuard guard;
   return syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
+
+void os_thread_name(int tid, char* out) {
+  ErrnoGuard guard;
+  out[0] = 0;
+  char path[48] = "/proc/self/task/";
+  char digits[12];
+  int n = 0;
+  for (unsigned v = static_cast<unsigned>(tid); n == 0 || v != 0; v /= 10)
+    digits[n++] = char('0' + v % 10);
+  size_t at = sizeof("/proc/self/task/") - 1;
+  while (n > 0) path[at++] = digits[--n];
+  memcpy(path + at, "/comm", sizeof("/comm"));
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ssize_t got = read(fd, out, 15);
+  close(fd);
+  if (got <= 0) return;
+  out[got] = 0;
+  if (out[got - 1] == '\n') out[got - 1] = 0;
 }
 
 int os_gettid() { return static_cast<int>(syscall(SYS_gettid)); }

@@ -69,6 +69,9 @@ bool os_membarrier_register();
 // A full memory barrier on every running thread of the process.
 bool os_membarrier();  // false if the kernel refused it
 int os_gettid();
+// The name of thread `tid` of this process (pthread_setname_np; its
+// command by default), into out[16]; empty if /proc cannot say.
+void os_thread_name(int tid, char* out);
 // Give up the CPU: a yield for short waits, a sleep for long ones.
 void os_yield();
 // Sleep while *word == expected, at most timeout_ms; wake such sleepers.

@@ -169,10 +169,12 @@ AM_COLD void warn_pinned(Record* r, uint64_t stale, uint64_t e) {
   if (now - since < g_options.epoch_warn_ms) return;
   if (r->warned.exchange(stale, std::memory_order_relaxed) == stale) return;
   stats_add(g_warnings, 1);
+  char name[16];
+  os_thread_name(r->tid, name);
   Out o;
-  o.str("amalloc: epoch: thread ")
-      .num(static_cast<uint64_t>(r->tid))
-      .str(" has stayed pinned for over ")
+  o.str("amalloc: epoch: thread ").num(static_cast<uint64_t>(r->tid));
+  if (name[0]) o.str(" (").str(name).ch(')');
+  o.str(" has stayed pinned for over ")
       .num(now - since)
       .str(" ms (epoch ")
       .num(stale)

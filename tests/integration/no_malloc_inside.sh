@@ -9,7 +9,7 @@
 # ordinary allocation, since the worker's state already says "starting".
 set -euo pipefail
 archive=${1:?usage: $0 libamalloc_core.a}
-allowed='^(_IO_list_lock|_IO_list_resetlock|_IO_list_unlock|__errno_location|__popcountdi2|abort|clock_getres|clock_gettime|close|environ|fallocate|fcntl|fstat|fstat64|__fstat64|ftruncate|getpid|lseek|madvise|mprotect|pwrite|sigaction|sigdelset|sigemptyset|memcpy|memmove|memset|mmap|mremap|munmap|nanosleep|pthread_atfork|pthread_attr_destroy|pthread_attr_init|pthread_attr_setstacksize|pthread_create|pthread_join|pthread_getschedparam|pthread_setname_np|pthread_setschedparam|pthread_sigmask|sigfillset|pthread_key_create|pthread_mutex_init|pthread_mutex_lock|pthread_mutex_trylock|pthread_mutex_unlock|pthread_once|pthread_self|pthread_setspecific|sched_yield|syscall|write|_GLOBAL_OFFSET_TABLE_)$'
+allowed='^(_IO_list_lock|_IO_list_resetlock|_IO_list_unlock|__errno_location|__popcountdi2|abort|clock_getres|clock_gettime|close|environ|fallocate|fcntl|fstat|fstat64|__fstat64|ftruncate|getpid|lseek|madvise|mprotect|pwrite|sigaction|sigdelset|sigemptyset|memcpy|memmove|memset|mmap|mremap|munmap|nanosleep|open|read|pthread_atfork|pthread_attr_destroy|pthread_attr_init|pthread_attr_setstacksize|pthread_create|pthread_join|pthread_getschedparam|pthread_setname_np|pthread_setschedparam|pthread_sigmask|sigfillset|pthread_key_create|pthread_mutex_init|pthread_mutex_lock|pthread_mutex_trylock|pthread_mutex_unlock|pthread_once|pthread_self|pthread_setspecific|sched_yield|syscall|write|_GLOBAL_OFFSET_TABLE_)$'
 defined=$(nm --defined-only "$archive" | awk 'NF == 3 { print $3 }' | sort -u)
 undefined=$(nm -u "$archive" | awk 'NF == 2 && $1 == "U" { print $2 }' | sort -u)
 external=$(comm -23 <(echo "$undefined") <(echo "$defined"))

@@ -5,6 +5,7 @@
 // that test builds write into reclaimed blocks.
 #include <amalloc/amalloc.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <amalloc/amalloc.hpp>
 #include <atomic>
@@ -221,6 +222,7 @@ TEST(EpochGuarantees, TheIdlePointReportsAGuardHeldAcrossIt) {
 AMT_SCENARIO(epoch_long_pin) {
   std::atomic<int> step{0};
   std::thread pinned([&] {
+    pthread_setname_np(pthread_self(), "am-pinner");
     am_epoch_enter();
     step = 1;
     std::this_thread::sleep_for(400ms);
@@ -236,7 +238,8 @@ TEST(EpochGuarantees, AThreadPinnedTooLongIsNamed) {
   auto c = amt::run_scenario("epoch_long_pin", {{"AMALLOC_EPOCH_WARN_MS", "100"}});
   ASSERT_TRUE(c.exited_ok()) << c.describe();
   EXPECT_NE(c.err.find("amalloc: epoch: thread "), std::string::npos) << c.describe();
-  EXPECT_NE(c.err.find(" has stayed pinned for over "), std::string::npos) << c.describe();
+  EXPECT_NE(c.err.find(" (am-pinner) has stayed pinned for over "), std::string::npos)
+      << c.describe();
   auto quiet = amt::run_scenario("epoch_long_pin", {{"AMALLOC_EPOCH_WARN_MS", "0"}});
   ASSERT_TRUE(quiet.exited_ok()) << quiet.describe();
   EXPECT_EQ(quiet.err.find("has stayed pinned"), std::string::npos) << quiet.describe();
