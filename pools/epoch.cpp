@@ -79,6 +79,12 @@ void lock_open(Record* r) {
 }
 void unlock_open(Record* r) { r->open_lock.store(0, std::memory_order_release); }
 
+// When a failed membarrier switched readers to fences (0: never), and how
+// long advances then wait: far longer than a store takes to leave a
+// core's store buffer, so that every pin made before the switch is seen.
+std::atomic<uint64_t> g_fences_since_us;
+constexpr uint64_t kSwitchWaitUs = 10000;
+
 // Whether readers pin without a fence (see pin()): membarrier works, and
 // the options allow it.
 bool use_membarrier() { return g_options.epoch_membarrier && os_membarrier_register(); }
@@ -89,12 +95,20 @@ bool use_membarrier() { return g_options.epoch_membarrier && os_membarrier_regis
 bool heavy_fence() {
   if (!membarrier_on()) {
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    return true;
+    // After a switch from membarrier, pins made before it may not be
+    // visible yet (no fence followed them): no advance until they must be.
+    uint64_t since = g_fences_since_us.load(std::memory_order_relaxed);
+    return since == 0 || os_now_us() - since >= kSwitchWaitUs;
   }
   if (AM_LIKELY(os_membarrier())) return true;
-  static std::atomic<bool> said{false};
-  if (!said.exchange(true, std::memory_order_relaxed))
-    misuse("am_epoch", "membarrier(2) failed after it was registered; reclamation stops");
+  // membarrier failed after it was registered (a seccomp filter installed
+  // since, or no memory for the kernel's CPU mask): readers fence from now
+  // on, and the reclaimer too. Said once.
+  uint64_t none = 0;
+  if (g_fences_since_us.compare_exchange_strong(none, os_now_us(), std::memory_order_relaxed)) {
+    __atomic_store_n(&am_epoch_reader_fence_, 1, __ATOMIC_RELAXED);
+    misuse("am_epoch", "membarrier(2) failed after it was registered; readers fence from now on");
+  }
   return false;
 }
 
@@ -203,7 +217,10 @@ bool try_advance() {
   uint64_t e = epoch_now().load(std::memory_order_acquire);
   Record* late = pinned_behind(e);
   if (!late) {
-    if (!heavy_fence()) return false;
+    if (!heavy_fence()) {
+      stats_add(g_failed, 1);
+      return false;
+    }
     late = pinned_behind(e);
   }
   if (late) {
@@ -378,7 +395,8 @@ void fork_child() {
   if (g_fork_took_reclaim) g_reclaiming.store(0, std::memory_order_relaxed);
   // The registration belongs to the parent's mm; only this thread runs, so
   // switching to fences is safe if the child cannot register.
-  if (membarrier_on()) am_epoch_reader_fence_ = use_membarrier() ? 0 : 1;
+  if (membarrier_on())
+    __atomic_store_n(&am_epoch_reader_fence_, use_membarrier() ? 0 : 1, __ATOMIC_RELAXED);
 }
 
 // The worker's task: seal batches left open, advance, reclaim. Batches
@@ -404,7 +422,7 @@ uint64_t background_task(uint64_t now) {
 }
 
 void init_once() {
-  am_epoch_reader_fence_ = use_membarrier() ? 0 : 1;
+  __atomic_store_n(&am_epoch_reader_fence_, use_membarrier() ? 0 : 1, __ATOMIC_RELAXED);
   g_advanced_ms.store(os_now_ms(), std::memory_order_relaxed);
   pthread_key_create(&g_key, thread_exit);
   pthread_atfork(fork_prepare, fork_parent, fork_child);
@@ -649,14 +667,23 @@ AM_NOINLINE void idle_slow(Record* r) {
       t_reported_ms = now;
       misuse("am_executor_idle", "called while pinned (an epoch guard held across co_await?)");
     }
-  } else if (t_perm) {
-    // The quiescent state: pinned again at the current epoch, before any
-    // deleter runs, so that a deleter's guard nests in a real pin (and one
-    // that unregisters the executor leaves it unpinned). Batches that are
-    // due are older than any pin, this one included.
-    pin(r);
+    if (work) idle_work(r, true);
+    return;
   }
-  if (work) idle_work(r, guarded);
+  if (work) {
+    // Unpinned while it reclaims, so that its deleters hold up no one (a
+    // deleter may wait for a writer that waits for a grace period), with
+    // a nest count of 0, so that a deleter's guard pins for real.
+    bool exec = t_perm;
+    if (exec) {
+      r->state.store(0, std::memory_order_release);
+      t_perm = t_nest = 0;
+    }
+    idle_work(r, false);
+    // Not if a deleter unregistered the executor or took it offline.
+    if (exec && t_exec && !t_offline && t_nest == 0) t_perm = t_nest = 1;
+  }
+  if (t_perm) pin(r);  // the quiescent state: pinned again at the current epoch
 }
 
 // Seal this thread's open batch once it is kSealAfterMs old; advance and

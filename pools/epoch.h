@@ -55,7 +55,10 @@ struct alignas(64) Record {
 inline std::atomic_ref<uint64_t> epoch_now() { return std::atomic_ref<uint64_t>(am_epoch_global_); }
 // Chosen once, before the first record exists: readers use a compiler
 // barrier when the reclaimer can use membarrier, else a full fence.
-inline bool membarrier_on() { return am_epoch_reader_fence_ == 0; }
+// (Atomic: a failed membarrier switches it while readers look.)
+inline bool membarrier_on() {
+  return __atomic_load_n(&am_epoch_reader_fence_, __ATOMIC_RELAXED) == 0;
+}
 extern std::atomic<uint64_t> g_sealed_batches;  // sealed, not reclaimed
 
 // The calling thread's state. `nest` counts its pins; a registered executor

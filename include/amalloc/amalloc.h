@@ -157,7 +157,9 @@ AM_API void am_epoch_unpin_slow_(void);
 
 static inline void am_epoch_enter_fast(void) {
   if (am_epoch_self_.nest++ != 0) return;
-  if (__builtin_expect(am_epoch_self_.pin == NULL || am_epoch_reader_fence_, 0)) {
+  if (__builtin_expect(
+          am_epoch_self_.pin == NULL || __atomic_load_n(&am_epoch_reader_fence_, __ATOMIC_RELAXED),
+          0)) {
     am_epoch_pin_slow_();
     return;
   }

@@ -197,19 +197,20 @@ void retire(T* p) {
   if (p == nullptr) return;
   // The block `delete` frees starts at the most derived object (its size
   // counts in the pending bytes); the deleter gets p itself.
-  void* block;
+  const volatile void* block;
   if constexpr (std::is_polymorphic_v<T>)
-    block = dynamic_cast<void*>(p);
+    block = dynamic_cast<const volatile void*>(p);
   else
-    block = const_cast<void*>(static_cast<const volatile void*>(p));
+    block = p;
   am_epoch_defer_free(
-      block, [](void*, void* q) { delete static_cast<T*>(q); },
+      const_cast<void*>(block), [](void*, void* q) { delete static_cast<T*>(q); },
       const_cast<void*>(static_cast<const volatile void*>(p)));
 }
 
 // After a grace period: d(p). A stateful deleter is kept until then in a
 // small block of amalloc's own (a frame of the thread's pools, never from
-// a bound heap that am_heap_destroy could free first).
+// a bound heap that am_heap_destroy could free first); one aligned to more
+// than 16 bytes, with the aligned operator new.
 template <class T, class D>
 void retire(T* p, D d) {
   if constexpr (std::is_empty_v<D> && std::is_default_constructible_v<D>) {
@@ -220,7 +221,12 @@ void retire(T* p, D d) {
       T* p;
       D d;
     };
-    void* mem = am_frame_alloc(sizeof(holder));
+    constexpr bool framed = alignof(holder) <= 16;  // am_frame_alloc's alignment
+    void* mem;
+    if constexpr (framed)
+      mem = am_frame_alloc(sizeof(holder));
+    else
+      mem = ::operator new (sizeof(holder), std::align_val_t{alignof(holder)});
     if (mem == nullptr) {
 #if defined(__cpp_exceptions)
       throw std::bad_alloc();
@@ -235,7 +241,10 @@ void retire(T* p, D d) {
           auto* k = static_cast<holder*>(q);
           k->d(k->p);
           k->~holder();
-          am_frame_free(k, sizeof(holder));
+          if constexpr (framed)
+            am_frame_free(k, sizeof(holder));
+          else
+            ::operator delete (k, std::align_val_t{alignof(holder)});
         },
         nullptr);
   }

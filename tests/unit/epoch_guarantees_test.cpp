@@ -5,14 +5,22 @@
 // that test builds write into reclaimed blocks.
 #include <amalloc/amalloc.h>
 #include <gtest/gtest.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <amalloc/amalloc.hpp>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -120,6 +128,42 @@ TEST(EpochGuarantees, ADeleterThatUnregistersItsExecutorLeavesItUnpinned) {
   waiter.join();
 }
 
+// A deleter run at an executor's idle point must not hold grace periods
+// up: here it waits for the lock of a writer that waits for one.
+TEST(EpochGuarantees, ADeleterAtAnIdlePointDoesNotHoldGracePeriodsUp) {
+  static std::mutex writer_lock;
+  static std::atomic<bool> entered;
+  entered = false;
+  std::unique_lock<std::mutex> w(writer_lock);  // lock; unlink; synchronize; free; unlock
+  std::thread executor([] {
+    am_epoch_executor_register();
+    am_epoch_defer(
+        nullptr,
+        [](void*, void*) {
+          entered = true;
+          std::lock_guard<std::mutex> g(writer_lock);
+        },
+        nullptr);
+    while (!entered) {
+      am_executor_idle();
+      std::this_thread::sleep_for(100us);
+    }
+    am_epoch_executor_unregister();
+  });
+  while (!entered) std::this_thread::sleep_for(100us);
+  std::atomic<bool> synced{false};
+  std::thread writer([&] {
+    am_epoch_synchronize();
+    synced = true;
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!synced && std::chrono::steady_clock::now() - t0 < 5s) std::this_thread::sleep_for(1ms);
+  EXPECT_TRUE(synced.load()) << "the deleter's pin held the writer's grace period up";
+  w.unlock();  // (lets the deleter and, if it hung, synchronize finish)
+  writer.join();
+  executor.join();
+}
+
 // ---- order, and am_retire_fn's function before the free -----------------------
 
 std::vector<int> g_order;  // deleters of one thread run one at a time, in order
@@ -217,6 +261,41 @@ TEST(EpochGuarantees, TheIdlePointReportsAGuardHeldAcrossIt) {
       << err;
 }
 
+// Deleters of any alignment, and const objects of polymorphic types.
+struct alignas(64) WideDeleter {
+  int runs = 0;
+  static inline std::atomic<int> misaligned{0}, called{0};
+  void operator()(Payload* p) {
+    if (reinterpret_cast<uintptr_t>(this) % 64 != 0) misaligned++;
+    called++;
+    delete p;
+  }
+};
+struct Base {
+  virtual ~Base() = default;
+  static void* operator new(size_t n) { return am_malloc(n); }
+  static void operator delete(void* p) { am_free(p); }
+};
+struct Other {
+  virtual ~Other() = default;
+  uint64_t x = 7;
+};
+struct Derived : Other, Base {
+  static inline std::atomic<int> destroyed{0};
+  ~Derived() override { destroyed++; }
+};
+
+TEST(EpochGuarantees, CppRetireWithAWideDeleterAndAConstPolymorphicObject) {
+  amalloc::retire(new Payload, WideDeleter{});
+  const Base* b = new Derived;  // Base is not at the start of the block
+  amalloc::retire(b);
+  am_epoch_barrier();
+  EXPECT_EQ(WideDeleter::called.load(), 1);
+  EXPECT_EQ(WideDeleter::misaligned.load(), 0);
+  EXPECT_EQ(Derived::destroyed.load(), 1);
+  EXPECT_EQ(amt::bad_frees_since_mark(), 0u);
+}
+
 // ---- the long-pin warning ---------------------------------------------------------
 
 AMT_SCENARIO(epoch_long_pin) {
@@ -250,11 +329,7 @@ TEST(EpochGuarantees, AThreadPinnedTooLongIsNamed) {
 // Readers under guards against a writer that replaces a cell, waits for a
 // grace period and poisons the old one: with fences on every pin instead of
 // membarrier, no reader may see a poisoned cell.
-AMT_SCENARIO(epoch_fences) {
-  if (am_epoch_reader_fence_ != 1) {
-    std::printf("membarrier still in use\n");
-    return 2;
-  }
+int readers_and_a_writer() {
   auto* first = static_cast<Cell*>(am_malloc(sizeof(Cell)));
   first->alive = kAlive;
   g_shared = first;
@@ -290,9 +365,50 @@ AMT_SCENARIO(epoch_fences) {
   return bad.load() == 0 && swaps > 10 ? 0 : 1;
 }
 
+AMT_SCENARIO(epoch_fences) {
+  if (am_epoch_reader_fence_ != 1) {
+    std::printf("membarrier still in use\n");
+    return 2;
+  }
+  return readers_and_a_writer();
+}
+
+// membarrier refused after registration (a seccomp filter on every thread):
+// readers switch to fences, and grace periods go on. Exit 77: cannot test.
+AMT_SCENARIO(epoch_membarrier_fails) {
+  am_epoch_synchronize();  // registered
+  if (am_epoch_reader_fence_ != 0) return 77;
+  struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_membarrier, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {4, f};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+      syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0)
+    return 77;
+  int rc = readers_and_a_writer();
+  if (am_epoch_reader_fence_ != 1) {
+    std::printf("readers still rely on membarrier\n");
+    return 1;
+  }
+  return rc;
+}
+
 TEST(EpochGuarantees, WithoutMembarrierReadersFenceAndGracePeriodsHold) {
   auto c = amt::run_scenario("epoch_fences", {{"AMALLOC_EPOCH_MEMBARRIER", "0"}});
   EXPECT_TRUE(c.exited_ok()) << c.describe();
+}
+
+TEST(EpochGuarantees, AMembarrierThatFailsLaterSwitchesReadersToFences) {
+  auto c = amt::run_scenario("epoch_membarrier_fails", {});
+  if (WIFEXITED(c.wait_status) && WEXITSTATUS(c.wait_status) == 77)
+    GTEST_SKIP() << "no membarrier, or no seccomp filter here";
+  EXPECT_TRUE(c.exited_ok()) << c.describe();
+  EXPECT_NE(c.err.find("membarrier(2) failed after it was registered; readers fence"),
+            std::string::npos)
+      << c.describe();
 }
 
 // ---- test builds: reclaimed blocks are filled -----------------------------------------
