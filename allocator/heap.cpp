@@ -227,9 +227,11 @@ void heap_abandon_locked(Heap* h) {
   while (Page* pg = h->large) heap_large_unlink_locked(pg);
   ready_drop_locked(h, now);
   heap_reset(h);
-  h->live = 0;
+  // live before the binding is released: a bind that races the delete
+  // of the heap sees it dead once its CAS succeeds (heap_bind).
+  __atomic_store_n(&h->live, 0, __ATOMIC_RELAXED);
   h->is_default = 0;
-  h->bound_thread.store(0, std::memory_order_relaxed);
+  h->bound_thread.store(0, std::memory_order_release);
   h->pool_next = g_heap_pool;
   g_heap_pool = h;
   stats_add(g_os_stats.heaps_abandoned, 1);
@@ -245,7 +247,7 @@ Heap* heap_make(bool is_default) {
     h = heap_carve_locked();
     if (!h) return nullptr;
     heap_reset(h);  // under the lock: a sweep looks at every live heap
-    h->live = 1;
+    __atomic_store_n(&h->live, 1, __ATOMIC_RELAXED);
   }
   h->is_default = is_default;
   stats_add(g_os_stats.heaps_created, 1);
@@ -295,6 +297,12 @@ Heap* heap_bind(Heap* h, bool* ok) {
     uintptr_t expect = 0;
     if (!h->bound_thread.compare_exchange_strong(expect, me, std::memory_order_acquire) &&
         expect != me) {
+      *ok = false;
+      return prev_user;
+    }
+    // Deleted between the caller's check and the claim: not bindable.
+    if (!__atomic_load_n(&h->live, __ATOMIC_RELAXED)) {
+      h->bound_thread.store(0, std::memory_order_release);
       *ok = false;
       return prev_user;
     }

@@ -37,7 +37,7 @@ bool usable(const char* fn, Heap* h) {
     report(fn, h, "is NULL");
     return false;
   }
-  if (!h->live || h->is_default) {
+  if (!__atomic_load_n(&h->live, __ATOMIC_RELAXED) || h->is_default) {
     report(fn, h, "is not a live heap made by am_heap_new");
     return false;
   }
