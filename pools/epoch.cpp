@@ -18,11 +18,11 @@
 #include <cstring>
 
 #include "allocator/alloc_inline.h"
+#include "allocator/api.h"
 #include "allocator/background.h"
 #include "allocator/format.h"
 #include "allocator/options.h"
 #include "allocator/os.h"
-#include "allocator/page.h"
 #include "allocator/segment.h"
 #include "allocator/stats.h"
 #include "amalloc/amalloc.h"
@@ -524,21 +524,6 @@ void open_entry(Record* r, const Entry& x) {
 
 namespace {
 
-// The size of the amalloc block that starts at p; 0, quietly, if p is not
-// the start of one (an object inside a block, from a class's own operator
-// new). Only for pointers into live memory the caller owns: any other
-// pointer's segment may be unmapped under the lookup.
-AM_APPROXIMATE_READS size_t block_bytes(const void* p) {
-  uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  Page* pg = p ? page_lookup(a) : nullptr;
-  if (!pg || !pg->in_use || pg->block_size == 0) return 0;
-  if (pg->kind == kKindLarge) return p == pg->start ? pg->block_size : 0;
-  uintptr_t start = reinterpret_cast<uintptr_t>(pg->start);
-  if (a < start || a >= start + uint64_t{pg->reserved} * pg->block_size || !is_block_start(pg, a))
-    return 0;
-  return pg->block_size;
-}
-
 uint32_t clamp32(size_t n) { return n > 0xffffffffu ? 0xffffffffu : static_cast<uint32_t>(n); }
 
 }  // namespace
@@ -551,7 +536,7 @@ void retire(const char* fn, void* p, void (*f)(void*, void*), void* ctx, bool fr
     if (!am_owns(p)) return misuse(fn, "invalid pointer (not allocated by amalloc), ignored:", p);
     bytes = clamp32(am_usable_size(p));
   } else if (owned) {
-    bytes = clamp32(block_bytes(p));  // pending bytes, if p is a block of ours
+    bytes = clamp32(alloc_block_bytes(p));  // pending bytes, if p is a block of ours
   }
   Record* r = t_rec;
   if (!r) r = register_thread();
