@@ -533,8 +533,15 @@ void retire(const char* fn, void* p, void (*f)(void*, void*), void* ctx, bool fr
   uint32_t bytes = 0;
   if (free_after) {
     if (p == nullptr) return;
-    if (!am_owns(p)) return misuse(fn, "invalid pointer (not allocated by amalloc), ignored:", p);
-    bytes = clamp32(am_usable_size(p));
+    // One lookup for the common case; the checks that say what is wrong
+    // only when it fails.
+    size_t n = alloc_block_bytes(p);
+    if (AM_UNLIKELY(n == 0))
+      return misuse(fn,
+                    am_owns(p) ? "invalid pointer (not the start of a live block), ignored:"
+                               : "invalid pointer (not allocated by amalloc), ignored:",
+                    p);
+    bytes = clamp32(n);
   } else if (owned) {
     bytes = clamp32(alloc_block_bytes(p));  // pending bytes, if p is a block of ours
   }

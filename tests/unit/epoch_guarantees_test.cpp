@@ -296,6 +296,34 @@ TEST(EpochGuarantees, CppRetireWithAWideDeleterAndAConstPolymorphicObject) {
   EXPECT_EQ(amt::bad_frees_since_mark(), 0u);
 }
 
+// A pointer that is not a block of ours is reported, naming am_retire and
+// the pointer, and ignored: nothing is freed when the batch runs.
+TEST(EpochGuarantees, RetiringWhatIsNotABlockIsReportedAndIgnored) {
+  int on_stack = 0;
+  auto* block = static_cast<char*>(am_malloc(256));
+  memset(block, 'K', 256);
+  std::string err = amt::capture_stderr([&] {
+    am_retire(&on_stack);
+    am_retire(block + 16);
+    am_epoch_barrier();
+  });
+  EXPECT_EQ(amt::lines_containing(err,
+                                  "am_retire(): invalid pointer (not allocated by amalloc), "
+                                  "ignored:")
+                .size(),
+            1u)
+      << err;
+  EXPECT_EQ(amt::lines_containing(err,
+                                  "am_retire(): invalid pointer (not the start of a live "
+                                  "block), ignored:")
+                .size(),
+            1u)
+      << err;
+  EXPECT_EQ(amt::lines_containing(err, "amalloc:").size(), 2u) << err;  // nothing at reclaim
+  EXPECT_EQ(amt::check_bytes(block, 256, 'K'), SIZE_MAX);
+  am_free(block);
+}
+
 // ---- the long-pin warning ---------------------------------------------------------
 
 AMT_SCENARIO(epoch_long_pin) {
