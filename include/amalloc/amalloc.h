@@ -176,7 +176,9 @@ static inline void am_epoch_exit_fast(void) {
   }
   if (--am_epoch_self_.nest == 0) __atomic_store_n(am_epoch_self_.pin, 0, __ATOMIC_RELEASE);
 }
-/* Free `p` (a block from amalloc) after a grace period. */
+/* Free `p` (a block from amalloc) after a grace period. Anything that is
+ * not the start of a live amalloc block is reported (one line naming the
+ * function and the pointer) and ignored. */
 AM_API void am_retire(void* p);
 /* After a grace period call fn(p, ctx), then free `p` (a block from amalloc). */
 AM_API void am_retire_fn(void* p, void (*fn)(void* p, void* ctx), void* ctx);
