@@ -26,7 +26,13 @@
 // each 32 blocks (a pass of its run queue). Under other allocators it runs
 // like xfree. The metric executor_heaps says which it was.
 //
-// Metrics: frees_per_s (primary), time_s, pairs, executor_heaps,
+// --ideal: the limit no allocator can pass here. No malloc or free at all:
+// a consumer hands each block back to its producer through a second ring
+// like the first (no atomic per block), and the producer reuses the block
+// freed last first. What is left is the program's own work and the cache
+// transfers of the blocks' lines between the two threads.
+//
+// Metrics: frees_per_s (primary), time_s, pairs, executor_heaps, ideal,
 // peak_rss_kib.
 #include <dlfcn.h>
 
@@ -87,6 +93,47 @@ struct alignas(64) Ring {
   alignas(64) std::atomic<uint64_t> tail{0};  // next to read (consumer)
 };
 
+// --ideal: blocks travel back on a ring of their own, larger than all the
+// blocks that can be in flight (so the consumer never waits on it).
+bool g_ideal = false;
+constexpr uint32_t kBack = 4096;
+constexpr size_t kIdealBlock = 16 * 1024;  // room for every size
+struct alignas(64) BackRing {
+  void* slot[kBack];
+  alignas(64) std::atomic<uint64_t> head{0};  // consumer
+  alignas(64) std::atomic<uint64_t> tail{0};  // producer
+};
+
+// The producer's side: blocks taken back, reused last-in first-out.
+struct Recycler {
+  BackRing* r;
+  uint64_t tail = 0;
+  std::vector<void*> stack;
+  void* get() {
+    if (stack.empty()) {
+      for (uint64_t h = r->head.load(std::memory_order_acquire); tail < h; ++tail)
+        stack.push_back(r->slot[tail % kBack]);
+      r->tail.store(tail, std::memory_order_release);
+    }
+    if (stack.empty()) return std::aligned_alloc(64, kIdealBlock);  // a new one
+    void* p = stack.back();
+    stack.pop_back();
+    return p;
+  }
+};
+
+// The consumer's side, published every 32 blocks and before it waits.
+struct Returner {
+  BackRing* r;
+  uint64_t head = 0;
+  void put(void* p) {
+    while (head - r->tail.load(std::memory_order_acquire) >= kBack) std::this_thread::yield();
+    r->slot[head++ % kBack] = p;
+    if (head % 32 == 0) flush();
+  }
+  void flush() { r->head.store(head, std::memory_order_release); }
+};
+
 size_t tag_size(uint64_t tag, uint64_t seed) {
   uint64_t h = wl_mix(tag ^ seed);
   if (h % 50 == 0) return 1024 + (h >> 8) % (15 * 1024);
@@ -105,13 +152,15 @@ void wait_a_bit(unsigned& spins) {
 // the two threads share a cache line once per kPublish blocks, not per block.
 constexpr uint64_t kPublish = 32;
 
-void produce(Ring& r, unsigned pair, uint64_t blocks, uint64_t seed, WlChecksum& made) {
+void produce(Ring& r, BackRing& back, unsigned pair, uint64_t blocks, uint64_t seed,
+             WlChecksum& made) {
+  Recycler recycler{&back, 0, {}};
   ExecutorScope executor;
   uint64_t head = 0, tail_seen = 0;
   for (uint64_t i = 0; i < blocks; ++i) {
     uint64_t tag = (uint64_t(pair) << 40) | i;
     size_t n = tag_size(tag, seed);
-    auto* p = static_cast<unsigned char*>(std::malloc(n));
+    auto* p = static_cast<unsigned char*>(g_ideal ? recycler.get() : std::malloc(n));
     if (p == nullptr) std::abort();
     std::memcpy(p, &tag, 8);
     wl_fill(p + 8, n - 8, tag);
@@ -131,7 +180,9 @@ void produce(Ring& r, unsigned pair, uint64_t blocks, uint64_t seed, WlChecksum&
   r.head.store(head, std::memory_order_release);
 }
 
-void consume(Ring& r, uint64_t blocks, uint64_t seed, WlChecksum& freed, uint64_t& bad) {
+void consume(Ring& r, BackRing& back, uint64_t blocks, uint64_t seed, WlChecksum& freed,
+             uint64_t& bad) {
+  Returner returner{&back};
   ExecutorScope executor;
   uint64_t tail = 0, head_seen = 0;
   while (tail < blocks) {
@@ -139,7 +190,10 @@ void consume(Ring& r, uint64_t blocks, uint64_t seed, WlChecksum& freed, uint64_
     while (tail == head_seen) {
       r.tail.store(tail, std::memory_order_release);
       head_seen = r.head.load(std::memory_order_acquire);
-      if (tail == head_seen) wait_a_bit(spins);
+      if (tail == head_seen) {
+        if (g_ideal) returner.flush();
+        wait_a_bit(spins);
+      }
     }
     auto* p = static_cast<unsigned char*>(r.slot[tail % kRing]);
     if (++tail % kPublish == 0) {
@@ -152,7 +206,10 @@ void consume(Ring& r, uint64_t blocks, uint64_t seed, WlChecksum& freed, uint64_
       freed.add(tag);
     else
       ++bad;
-    std::free(p);
+    if (g_ideal)
+      returner.put(p);
+    else
+      std::free(p);
   }
 }
 
@@ -164,23 +221,35 @@ int main(int argc, char** argv) {
 #else
   const char* name = "xfree";
 #endif
-  WlArgs args = wl_parse(argc, argv, name);
-  find_executor_api();
+  // Take out our own flag; the rest is the common command line.
+  std::vector<char*> av;
+  for (int i = 0; i < argc; ++i) {
+    if (i > 0 && std::strcmp(argv[i], "--ideal") == 0)
+      g_ideal = true;
+    else
+      av.push_back(argv[i]);
+  }
+  WlArgs args = wl_parse(int(av.size()), av.data(), name);
+  if (!g_ideal) find_executor_api();
   wl_arm_hard_cap(args);
   const unsigned pairs = std::max(1u, args.threads / 2);
   const uint64_t blocks = wl_pick<uint64_t>(args, 50000, 3000000, 12000000);
 
   std::vector<std::unique_ptr<Ring>> rings;
-  for (unsigned i = 0; i < pairs; ++i) rings.push_back(std::make_unique<Ring>());
+  std::vector<std::unique_ptr<BackRing>> backs;
+  for (unsigned i = 0; i < pairs; ++i) {
+    rings.push_back(std::make_unique<Ring>());
+    backs.push_back(std::make_unique<BackRing>());
+  }
   std::vector<WlChecksum> made(pairs), freed(pairs);
   std::vector<uint64_t> bad(pairs, 0);
   const double t0 = wl_now_s();
   wl_run_threads(2 * pairs, [&](unsigned t) {
     unsigned pair = t / 2;
     if (t % 2 == 0)
-      produce(*rings[pair], pair, blocks, args.seed, made[pair]);
+      produce(*rings[pair], *backs[pair], pair, blocks, args.seed, made[pair]);
     else
-      consume(*rings[pair], blocks, args.seed, freed[pair], bad[pair]);
+      consume(*rings[pair], *backs[pair], blocks, args.seed, freed[pair], bad[pair]);
   });
   const double secs = wl_now_s() - t0;
 
@@ -199,6 +268,7 @@ int main(int argc, char** argv) {
   r.metric("time_s", secs);
   r.metric("pairs", pairs);
   r.metric("executor_heaps", g_exec.on() ? 1 : 0);
+  r.metric("ideal", g_ideal ? 1 : 0);
   r.metric("peak_rss_kib", double(peak_rss_kib()));
   r.checksum = wl_hex(f);
   r.checksum_ok = nbad == 0 && m == f;
