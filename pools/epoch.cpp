@@ -1,6 +1,7 @@
 // Epoch-based deferred reclamation, the collector: registration, retirement
-// batches, the advance scan, reclamation, the idle point's part, and the
-// thread-exit and fork hooks. The public API is in epoch_api.cpp.
+// batches, reclamation, the idle point's part, and the thread-exit and fork
+// hooks. Advances are in epoch_advance.cpp, the public API in
+// epoch_api.cpp.
 //
 // Invariants:
 // - g_epoch only grows. A batch sealed at epoch t holds retirements made at
@@ -21,7 +22,6 @@
 #include "allocator/api.h"
 #include "allocator/background.h"
 #include "allocator/format.h"
-#include "allocator/options.h"
 #include "allocator/os.h"
 #include "allocator/segment.h"
 #include "allocator/stats.h"
@@ -30,6 +30,7 @@
 namespace am::epoch {
 
 std::atomic<uint64_t> g_sealed_batches;
+std::atomic<Record*> g_records;
 __thread Record* t_rec;
 
 __thread uint8_t t_exec;
@@ -49,7 +50,6 @@ pthread_once_t g_once = PTHREAD_ONCE_INIT;
 pthread_key_t g_key;
 // The registry (in_use flags, new records) and the sealed list.
 pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
-std::atomic<Record*> g_records;
 constexpr uint32_t kStaticRecords = 32;
 Record g_static_records[kStaticRecords];
 uint32_t g_static_used;
@@ -60,14 +60,13 @@ std::atomic<uint64_t> g_done_seq;
 std::atomic<uint8_t> g_reclaiming;  // one reclaimer at a time
 bool g_fork_took_reclaim;
 Record* g_fork_locked;  // the records fork_prepare locked
-std::atomic<uint64_t> g_advanced_ms;
 // The epoch at which the oldest sealed batch may run (written under g_mu):
 // a look before taking the lock.
 std::atomic<uint64_t> g_reclaim_at{~uint64_t{0}};
 std::atomic<uint64_t> g_head_sealed_ms;  // when it was sealed
 
 // Counters (sealed batches only; stats add the open ones).
-std::atomic<uint64_t> g_retired, g_reclaimed, g_sealed_bytes, g_advances, g_failed, g_warnings;
+std::atomic<uint64_t> g_retired, g_reclaimed, g_sealed_bytes;
 
 struct MuGuard {
   MuGuard() { pthread_mutex_lock(&g_mu); }
@@ -78,39 +77,6 @@ void lock_open(Record* r) {
   while (r->open_lock.exchange(1, std::memory_order_acquire)) os_yield();
 }
 void unlock_open(Record* r) { r->open_lock.store(0, std::memory_order_release); }
-
-// When a failed membarrier switched readers to fences (0: never), and how
-// long advances then wait: far longer than a store takes to leave a
-// core's store buffer, so that every pin made before the switch is seen.
-std::atomic<uint64_t> g_fences_since_us;
-constexpr uint64_t kSwitchWaitUs = 10000;
-
-// Whether readers pin without a fence (see pin()): membarrier works, and
-// the options allow it.
-bool use_membarrier() { return g_options.epoch_membarrier && os_membarrier_register(); }
-
-// False when membarrier, registered, fails (a seccomp filter installed
-// since): readers that pinned without a fence cannot be seen to be done,
-// so nothing may be reclaimed any more. Said once.
-bool heavy_fence() {
-  if (!membarrier_on()) {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    // After a switch from membarrier, pins made before it may not be
-    // visible yet (no fence followed them): no advance until they must be.
-    uint64_t since = g_fences_since_us.load(std::memory_order_relaxed);
-    return since == 0 || os_now_us() - since >= kSwitchWaitUs;
-  }
-  if (AM_LIKELY(os_membarrier())) return true;
-  // membarrier failed after it was registered (a seccomp filter installed
-  // since, or no memory for the kernel's CPU mask): readers fence from now
-  // on, and the reclaimer too. Said once.
-  uint64_t none = 0;
-  if (g_fences_since_us.compare_exchange_strong(none, os_now_us(), std::memory_order_relaxed)) {
-    __atomic_store_n(&am_epoch_reader_fence_, 1, __ATOMIC_RELAXED);
-    misuse("am_epoch", "membarrier(2) failed after it was registered; readers fence from now on");
-  }
-  return false;
-}
 
 void append_sealed(Batch* b) {  // under g_mu
   b->tag = epoch_now().load(std::memory_order_seq_cst);
@@ -175,79 +141,6 @@ uint64_t seal_stale_open() {
     unlock_open(r);
   }
   return next;
-}
-
-AM_COLD void warn_pinned(Record* r, uint64_t stale, uint64_t e) {
-  uint64_t since = g_advanced_ms.load(std::memory_order_relaxed);
-  uint64_t now = os_now_ms();
-  if (now - since < g_options.epoch_warn_ms) return;
-  if (r->warned.exchange(stale, std::memory_order_relaxed) == stale) return;
-  stats_add(g_warnings, 1);
-  char name[16];
-  os_thread_name(r->tid, name);
-  Out o;
-  o.str("amalloc: epoch: thread ").num(static_cast<uint64_t>(r->tid));
-  if (name[0]) o.str(" (").str(name).ch(')');
-  o.str(" has stayed pinned for over ")
-      .num(now - since)
-      .str(" ms (epoch ")
-      .num(stale)
-      .str(", now ")
-      .num(e)
-      .str("); ")
-      .num(g_sealed_batches.load(std::memory_order_relaxed))
-      .str(" batches of retirements wait for it\n")
-      .flush(2);
-}
-
-// A record pinned at an epoch other than `e`, or nullptr.
-Record* pinned_behind(uint64_t e) {
-  for (Record* r = g_records.load(std::memory_order_acquire); r; r = r->next) {
-    uint64_t s = r->state.load(std::memory_order_acquire);
-    if ((s & 1) && (s >> 1) != e) return r;
-  }
-  return nullptr;
-}
-
-// One advance if every pinned record shows the current epoch. A first scan
-// without the barrier: a pin it sees is real (or was, a moment ago), so
-// the membarrier, which interrupts every CPU that runs one of our threads,
-// is paid only when the advance is likely to succeed.
-bool try_advance() {
-  uint64_t e = epoch_now().load(std::memory_order_acquire);
-  Record* late = pinned_behind(e);
-  if (!late) {
-    if (!heavy_fence()) {
-      stats_add(g_failed, 1);
-      return false;
-    }
-    late = pinned_behind(e);
-  }
-  if (late) {
-    stats_add(g_failed, 1);
-    if (g_options.epoch_warn_ms)
-      warn_pinned(late, late->state.load(std::memory_order_relaxed) >> 1, e);
-    return false;
-  }
-  if (epoch_now().compare_exchange_strong(e, e + 1, std::memory_order_acq_rel)) {
-    stats_add(g_advances, 1);
-    g_advanced_ms.store(os_now_ms(), std::memory_order_relaxed);
-  }
-  return true;
-}
-
-// Advances from the retire and idle paths, at most one per kAdvanceGapUs
-// for the whole process: batches sealed meanwhile share the advances, and
-// the membarriers stay a few thousand a second however fast threads retire.
-constexpr uint64_t kAdvanceGapUs = 500;
-std::atomic<uint64_t> g_last_try_us;
-
-bool maybe_advance() {
-  uint64_t now = os_now_us();
-  uint64_t last = g_last_try_us.load(std::memory_order_relaxed);
-  if (now - last < kAdvanceGapUs) return false;
-  if (!g_last_try_us.compare_exchange_strong(last, now, std::memory_order_relaxed)) return false;
-  return try_advance();
 }
 
 void run_batch(Batch* b) {

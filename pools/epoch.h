@@ -60,6 +60,17 @@ inline bool membarrier_on() {
   return __atomic_load_n(&am_epoch_reader_fence_, __ATOMIC_RELAXED) == 0;
 }
 extern std::atomic<uint64_t> g_sealed_batches;  // sealed, not reclaimed
+extern std::atomic<Record*> g_records;          // every record, newest first
+
+// Advances (epoch_advance.cpp): one if every pinned record shows the
+// current epoch (try_advance), the same at most every 500 µs for the whole
+// process (maybe_advance), whether readers may pin without a fence, when
+// the last advance happened, and the counters of the stats.
+bool try_advance();
+bool maybe_advance();
+bool use_membarrier();
+extern std::atomic<uint64_t> g_advanced_ms;
+extern std::atomic<uint64_t> g_advances, g_failed, g_warnings;
 
 // The calling thread's state. `nest` counts its pins; a registered executor
 // that is online holds one of them for good (`perm` = 1): quiescent-state
