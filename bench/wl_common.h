@@ -50,6 +50,20 @@ inline bool wl_parse_u64(const char* s, uint64_t& out) {
   return true;
 }
 
+// Takes a program's own flag (before or after the common ones) out of the
+// command line: whether it was there; `rest` gets the other arguments, for
+// wl_parse.
+inline bool wl_take_flag(int argc, char** argv, const char* flag, std::vector<char*>& rest) {
+  bool found = false;
+  for (int i = 0; i < argc; ++i) {
+    if (i > 0 && std::strcmp(argv[i], flag) == 0)
+      found = true;
+    else
+      rest.push_back(argv[i]);
+  }
+  return found;
+}
+
 // Parses --size/--threads/--seed (also as --opt=value); exits 2 on bad usage,
 // 0 on --help.
 inline WlArgs wl_parse(int argc, char** argv, const char* name) {

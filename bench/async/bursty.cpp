@@ -241,15 +241,8 @@ void wait_done(Control& ctl, unsigned n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Take out our own flag; the rest is the common command line.
-  bool quiet_idle = false;
   std::vector<char*> av;
-  for (int i = 0; i < argc; ++i) {
-    if (i > 0 && std::strcmp(argv[i], "--quiet-idle") == 0)
-      quiet_idle = true;
-    else
-      av.push_back(argv[i]);
-  }
+  const bool quiet_idle = wl_take_flag(argc, argv, "--quiet-idle", av);
   WlArgs args = wl_parse(int(av.size()), av.data(), "bursty");
   wl_arm_hard_cap(args);
   const bool tiny = args.size == "tiny";

@@ -221,14 +221,8 @@ int main(int argc, char** argv) {
 #else
   const char* name = "xfree";
 #endif
-  // Take out our own flag; the rest is the common command line.
   std::vector<char*> av;
-  for (int i = 0; i < argc; ++i) {
-    if (i > 0 && std::strcmp(argv[i], "--ideal") == 0)
-      g_ideal = true;
-    else
-      av.push_back(argv[i]);
-  }
+  g_ideal = wl_take_flag(argc, argv, "--ideal", av);
   WlArgs args = wl_parse(int(av.size()), av.data(), name);
   if (!g_ideal) find_executor_api();
   wl_arm_hard_cap(args);
