@@ -143,10 +143,7 @@ AM_APPROXIMATE_READS size_t alloc_block_bytes(const void* p) {
   Page* pg = p ? page_lookup(a) : nullptr;
   if (!pg || !pg->in_use || pg->block_size == 0) return 0;
   if (pg->kind == kKindLarge) return p == pg->start ? pg->block_size : 0;
-  uintptr_t start = reinterpret_cast<uintptr_t>(pg->start);
-  if (a < start || a >= start + uint64_t{pg->reserved} * pg->block_size || !is_block_start(pg, a))
-    return 0;
-  return pg->block_size;
+  return block_check(pg, a) == kBlockOk ? pg->block_size : 0;
 }
 
 int alloc_posix_memalign(void** out, size_t align, size_t size) {

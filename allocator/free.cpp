@@ -30,23 +30,22 @@ AM_COLD void report(const char* fn, const void* p, const char* what, const void*
 // without walking lists; reports and returns false if not.
 bool check_block(const char* fn, const void* p, const Page* pg) {
   uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  if (!pg->in_use || pg->block_size == 0) {
-    report(fn, p, "invalid pointer (not allocated by amalloc, or already freed):");
-    return false;
+  switch (block_check(pg, a)) {
+    case kBlockOk:
+      return true;
+    case kPageNotInUse:
+      report(fn, p, "invalid pointer (not allocated by amalloc, or already freed):");
+      return false;
+    case kOutsidePage:
+      report(fn, p, "invalid pointer (not allocated by amalloc):");
+      return false;
+    case kInsideBlock:
+      break;
   }
   uintptr_t start = reinterpret_cast<uintptr_t>(pg->start);
-  // `reserved` (not `capacity`, which the owner changes) bounds the page.
-  uintptr_t end = start + uint64_t{pg->reserved} * pg->block_size;
-  if (a < start || a >= end) {
-    report(fn, p, "invalid pointer (not allocated by amalloc):");
-    return false;
-  }
-  if (!is_block_start(pg, a)) {
-    uintptr_t block = start + (a - start) / pg->block_size * pg->block_size;
-    report(fn, p, "invalid pointer (not the start of a block):", reinterpret_cast<void*>(block));
-    return false;
-  }
-  return true;
+  uintptr_t block = start + (a - start) / pg->block_size * pg->block_size;
+  report(fn, p, "invalid pointer (not the start of a block):", reinterpret_cast<void*>(block));
+  return false;
 }
 
 void bad_pointer(const char* fn, const void* p) {

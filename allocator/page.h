@@ -33,4 +33,15 @@ AM_INLINE bool is_block_start(const Page* pg, uintptr_t a) {
   return off * pg->divc < pg->divc;
 }
 
+// Whether `a` is a block start of `pg` as far as can be told without
+// walking lists, and if not, why (free's report, am_retire's lookup).
+enum BlockCheck : uint8_t { kBlockOk, kPageNotInUse, kOutsidePage, kInsideBlock };
+inline BlockCheck block_check(const Page* pg, uintptr_t a) {
+  if (!pg->in_use || pg->block_size == 0) return kPageNotInUse;
+  uintptr_t start = reinterpret_cast<uintptr_t>(pg->start);
+  // `reserved` (not `capacity`, which the owner changes) bounds the page.
+  if (a < start || a >= start + uint64_t{pg->reserved} * pg->block_size) return kOutsidePage;
+  return is_block_start(pg, a) ? kBlockOk : kInsideBlock;
+}
+
 }  // namespace am
