@@ -99,15 +99,16 @@ TEST(EpochGuarantees, ADeleterOnAnExecutorsIdlePointPinsWithAGuard) {
 // the thread must then be unpinned, or every grace period waits for it.
 TEST(EpochGuarantees, ADeleterThatUnregistersItsExecutorLeavesItUnpinned) {
   std::atomic<bool> ran{false}, stop{false};
+  // Deferred again until it runs on the executor (the worker may run it).
+  static void (*unregister)(void*, void*) = [](void* flag, void*) {
+    if (!t_on_executor) return am_epoch_defer(flag, unregister, nullptr);
+    am_epoch_executor_unregister();
+    static_cast<std::atomic<bool>*>(flag)->store(true);
+  };
   std::thread executor([&] {
+    t_on_executor = true;
     am_epoch_executor_register();
-    am_epoch_defer(
-        &ran,
-        [](void* flag, void*) {
-          am_epoch_executor_unregister();
-          static_cast<std::atomic<bool>*>(flag)->store(true);
-        },
-        nullptr);
+    am_epoch_defer(&ran, unregister, nullptr);
     while (!ran) {
       am_executor_idle();
       std::this_thread::sleep_for(100us);
@@ -135,15 +136,16 @@ TEST(EpochGuarantees, ADeleterAtAnIdlePointDoesNotHoldGracePeriodsUp) {
   static std::atomic<bool> entered;
   entered = false;
   std::unique_lock<std::mutex> w(writer_lock);  // lock; unlink; synchronize; free; unlock
+  // Deferred again until it runs on the executor (the worker may run it).
+  static void (*wait_for_writer)(void*, void*) = [](void*, void*) {
+    if (!t_on_executor) return am_epoch_defer(nullptr, wait_for_writer, nullptr);
+    entered = true;
+    std::lock_guard<std::mutex> g(writer_lock);
+  };
   std::thread executor([] {
+    t_on_executor = true;
     am_epoch_executor_register();
-    am_epoch_defer(
-        nullptr,
-        [](void*, void*) {
-          entered = true;
-          std::lock_guard<std::mutex> g(writer_lock);
-        },
-        nullptr);
+    am_epoch_defer(nullptr, wait_for_writer, nullptr);
     while (!entered) {
       am_executor_idle();
       std::this_thread::sleep_for(100us);
