@@ -119,10 +119,11 @@ AM_NOINLINE void free_slow(void* p, Page* slot) {
   do {
     if (old & kXMesh) return mesh_free(pg, p);
     o = pg->heap.load(std::memory_order_acquire);
-    b->next = reinterpret_cast<Block*>(old & ~kXFull);
+    b->next = xlist(old);
   } while (!pg->xthread_free.compare_exchange_weak(
-      old, reinterpret_cast<uintptr_t>(b) | (old & kXFull), std::memory_order_seq_cst,
-      std::memory_order_acquire));
+      old,
+      reinterpret_cast<uintptr_t>(b) | ((old & ~(kXCountOne - 1)) + kXCountOne) | (old & kXFull),
+      std::memory_order_seq_cst, std::memory_order_acquire));
   if (h != &g_empty_heap)
     h->remote_frees++;
   else

@@ -79,7 +79,7 @@ inline uint64_t group_add(Page* primary, int64_t n) {
 void drop_late_frees(Page* pg, uintptr_t old, Page* primary) {
   int64_t n = 0;
   uint64_t* bits = live_bits(pg);
-  for (Block* b = reinterpret_cast<Block*>(old & ~(kXFull | kXMesh)); b; b = b->next) {
+  for (Block* b = xlist(old); b; b = b->next) {
     uint32_t i = block_index(pg, b);
     // Atomic: freers that saw kXMesh clear bits of the same word.
     __atomic_fetch_and(&bits[i / 64], ~(uint64_t{1} << (i % 64)), __ATOMIC_SEQ_CST);

@@ -128,16 +128,16 @@ uint32_t page_collect(Page* pg) {
   // g_lock's holder for pages without one; or a sweep, which holds g_lock
   // and the heap lock (sweep.cpp).
   uintptr_t v = pg->xthread_free.load(std::memory_order_seq_cst);
-  if ((v & ~kXFull) == 0) return 0;
-  Block* list = reinterpret_cast<Block*>(
-      pg->xthread_free.exchange(v & kXFull, std::memory_order_seq_cst) & ~kXFull);
-  uint32_t n = 1;
-  Block* tail = list;
-  while (tail->next) {
-    tail = tail->next;
-    n++;
+  if (xcount(v) == 0) return 0;
+  v = pg->xthread_free.exchange(v & kXFull, std::memory_order_seq_cst);
+  Block* list = xlist(v);
+  uint32_t n = xcount(v);
+  // The allocation path collects a page whose own list ran out: no walk.
+  if (pg->free) {
+    Block* tail = list;
+    while (tail->next) tail = tail->next;
+    tail->next = pg->free;
   }
-  tail->next = pg->free;
   pg->free = list;
   pg->used -= n;
   return n;

@@ -145,7 +145,7 @@ void unfull_remote(Heap* h) {
   Page* pg = h->full;
   while (pg) {
     Page* next = pg->next;
-    if ((pg->xthread_free.load(std::memory_order_seq_cst) & ~kXFull) != 0 || pg->free)
+    if (xcount(pg->xthread_free.load(std::memory_order_seq_cst)) != 0 || pg->free)
       heap_page_unfull(h, pg);
     pg = next;
   }

@@ -27,7 +27,6 @@ namespace {
 
 constexpr unsigned kSweepPagesPerHeap = 256;  // pages collected a pass: bounds the owner's wait
 constexpr unsigned kSweepLookPerHeap = 4096;  // queued pages looked at a pass
-constexpr uint32_t kSweepLinksPerHeap = 1u << 16;  // remote-list links followed a pass
 
 void give_back_all_locked(Page* emptied, uint64_t now) {
   // Out of the owner's reach now; freeing them (which may purge or unmap)
@@ -92,20 +91,15 @@ bool sweep_full(Heap* h, uint64_t now) {
 }
 
 // Whether every block the queued page `pg` counts as used is on its remote
-// list, following at most *links links. The owner's fast-path free stores
+// list (whose length the list's word keeps). The owner's fast-path free stores
 // `used` last, with release (alloc_inline.h), and only decreases it
 // without the heap lock, so `used` read here is at least the true count:
-// equal to the list's length, no block of the page is live, none can be
+// equal to the list's count, no block of the page is live, none can be
 // freed into it, and the owner has finished every free it made into it.
-bool all_freed_remotely(Page* pg, uint32_t* links) {
+bool all_freed_remotely(Page* pg) {
   uintptr_t v = pg->xthread_free.load(std::memory_order_acquire);
   if (v == 0 || (v & kXMesh) || pg->meshed) return false;
-  uint32_t used = __atomic_load_n(&pg->used, __ATOMIC_ACQUIRE);
-  uint32_t n = 0;
-  for (Block* b = reinterpret_cast<Block*>(v & ~kXFull); b && n <= used && n < *links; b = b->next)
-    n++;
-  *links -= n;
-  return n == used;
+  return xcount(v) == __atomic_load_n(&pg->used, __ATOMIC_ACQUIRE);
 }
 
 // Queued pages: a sweep notes the heaps whose remote hint is set, with the
@@ -135,7 +129,6 @@ bool sweep_queued(Heap* h, uint64_t now) {
   h->idle_noted_ms = 0;
   h->remote_hint.compare_exchange_strong(hint, 2, std::memory_order_seq_cst);
   unsigned look = kSweepLookPerHeap, budget = kSweepPagesPerHeap;
-  uint32_t links = kSweepLinksPerHeap;
   Page* emptied = nullptr;
   bool more = false;
   unsigned c = h->sweep_class % kNumClasses;
@@ -150,12 +143,12 @@ bool sweep_queued(Heap* h, uint64_t now) {
         pg = next;
         continue;
       }
-      if (look == 0 || budget == 0 || links == 0) {
+      if (look == 0 || budget == 0) {
         more = true;  // from here at the next sweep
         break;
       }
       look--;
-      if (!pg->is_head && all_freed_remotely(pg, &links)) {
+      if (!pg->is_head && all_freed_remotely(pg)) {
         budget--;
         page_collect(pg);
         queue_remove(h, pg);

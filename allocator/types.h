@@ -34,6 +34,19 @@ constexpr uintptr_t kXFull = 1;
 // word above kMeshShift.
 constexpr uintptr_t kXMesh = 2;
 constexpr unsigned kMeshShift = 4;
+// Bits 48 and up of an unmeshed page's xthread_free: how many blocks its
+// list holds. The owner then takes the list without walking it: a walk is
+// a chain of dependent misses on lines the freeing cores wrote, where a
+// pop from the taken list overlaps its miss with the caller's work.
+constexpr unsigned kXCountShift = 48;
+constexpr uintptr_t kXCountOne = uintptr_t{1} << kXCountShift;
+static_assert(kAddressBits < kXCountShift, "block addresses must stay below the count");
+static_assert(8 * kSlotSize / 16 < (uintptr_t{1} << (64 - kXCountShift)),
+              "a medium page's blocks must fit in the count");
+inline Block* xlist(uintptr_t v) {
+  return reinterpret_cast<Block*>(v & (kXCountOne - 1) & ~(kXFull | kXMesh));
+}
+inline uint32_t xcount(uintptr_t v) { return static_cast<uint32_t>(v >> kXCountShift); }
 struct Page {
   // -- read on the owner's fast paths (first cache line) --
   Block* free;
