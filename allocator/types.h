@@ -163,13 +163,20 @@ struct Heap {
   std::array<Page*, kDirectSlots> direct;
   PageQueue queues[kNumClasses] = {};
   Page* full = nullptr;  // pages with no free block, doubly linked
+  // The two hints other threads read on every free of one of our blocks,
+  // on a line of their own: the owner's lock and counters next to them
+  // took the line away from the freeing cores at each of its slow paths.
   // Set by another thread that freed into one of our full pages.
-  std::atomic<uint8_t> full_remote_hint{0};
+  alignas(64) std::atomic<uint8_t> full_remote_hint{0};
+  // Set (to 1) by other threads after they free into one of our pages, so
+  // that the idle point knows there is something to collect; 2 once a
+  // sweep has looked at the pages and left the rest to the owner.
+  std::atomic<uint8_t> remote_hint{0};
   // The owner's slow paths hold it (heap_lock): it guards the queues, the
   // full list, and every page's free list and counts outside the fast
   // paths, against the worker's sweeps (sweep.cpp), which collect the
   // remote frees of an owner that has stopped collecting them itself.
-  std::atomic<uint8_t> lock{0};
+  alignas(64) std::atomic<uint8_t> lock{0};
   // The sweeps' own notes (under g_lock): the full-page hint was set at
   // the last sweep; when a sweep last saw remote_hint set (ms, 0: not
   // seen), with `locks` at `locks_seen`; and where the next sweep of queued
@@ -182,10 +189,6 @@ struct Heap {
   uint32_t locks = 0;      // times the owner took `lock` (under it)
   uint8_t live = 0;        // in use (not in the heap pool)
   uint8_t is_default = 0;  // a thread's default heap (else made by am_heap_new)
-  // Set (to 1) by other threads after they free into one of our pages, so
-  // that the idle point knows there is something to collect; 2 once a
-  // sweep has looked at the pages and left the rest to the owner.
-  std::atomic<uint8_t> remote_hint{0};
   // pthread_self() of the thread that has this (non-default) heap bound.
   std::atomic<uintptr_t> bound_thread{0};
   // Debug builds: pthread_self() of the thread inside an am_heap_* call on
