@@ -117,6 +117,11 @@ am_heap_t* am_heap_bind(am_heap_t* heap) {
     errno = EBUSY;
     return heap;
   }
+  // The debug check (claimed and released), once the binding is ours: a
+  // bind racing a destroy, which holds the binding, is refused, not aborted.
+  if (h) {
+    Use u("am_heap_bind", heap);
+  }
   return to_api(prev);
 }
 

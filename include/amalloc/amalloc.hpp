@@ -215,7 +215,8 @@ template <class T, class D>
 void retire(T* p, D d) {
   if constexpr (std::is_empty_v<D> && std::is_default_constructible_v<D>) {
     am_epoch_defer(
-        p, [](void* q, void*) { D{}(static_cast<T*>(q)); }, nullptr);
+        const_cast<void*>(static_cast<const volatile void*>(p)),
+        [](void* q, void*) { D{}(static_cast<T*>(q)); }, nullptr);
   } else {
     struct holder {
       T* p;

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "amalloc_test_support.h"
@@ -295,6 +296,32 @@ TEST(EpochGuarantees, CppRetireWithAWideDeleterAndAConstPolymorphicObject) {
   EXPECT_EQ(WideDeleter::called.load(), 1);
   EXPECT_EQ(WideDeleter::misaligned.load(), 0);
   EXPECT_EQ(Derived::destroyed.load(), 1);
+  EXPECT_EQ(amt::bad_frees_since_mark(), 0u);
+}
+
+// Pointers to const with an empty deleter (passed to the collector as is)
+// and with a stateful one (kept in a holder).
+struct ConstDeleter {
+  static inline std::atomic<int> called{0};
+  void operator()(const Payload* p) const {
+    called++;
+    delete p;
+  }
+};
+
+TEST(EpochGuarantees, CppRetireOfAConstPointerWithEmptyAndStatefulDeleters) {
+  static_assert(std::is_empty_v<ConstDeleter>);
+  const Payload* a = new Payload;
+  amalloc::retire(a, ConstDeleter{});
+  std::atomic<int> stateful{0};
+  const Payload* b = new Payload;
+  amalloc::retire(b, [&stateful](const Payload* p) {
+    stateful++;
+    delete p;
+  });
+  am_epoch_barrier();
+  EXPECT_EQ(ConstDeleter::called.load(), 1);
+  EXPECT_EQ(stateful.load(), 1);
   EXPECT_EQ(amt::bad_frees_since_mark(), 0u);
 }
 

@@ -3,6 +3,9 @@
 // idle point, and the C++ wrappers.
 #include <amalloc/amalloc.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <amalloc/amalloc.hpp>
 #include <atomic>
@@ -317,6 +320,36 @@ TEST(HeapDebugCheck, TwoThreadsInsideCallsOnOneHeapAbort) {
         churn();
       },
       "heap 0x[0-9a-f]+ is in use on another thread at the same time");
+}
+
+// Binds a heap while another thread is held inside am_heap_realloc on it:
+// its copy faults on a page of the old block made inaccessible, and the
+// SIGSEGV handler waits there.
+std::atomic<bool> g_parked{false}, g_returned{false};
+void bind_while_another_thread_is_inside_a_call() {
+  am_heap_t* h = am_heap_new();
+  constexpr size_t kSize = 32768;
+  char* p = static_cast<char*>(am_heap_malloc(h, kSize));
+  const uintptr_t pg = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  char* page = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(p) + pg - 1) & ~(pg - 1));
+  struct sigaction sa = {};
+  sa.sa_handler = [](int) {
+    g_parked = true;
+    for (;;) pause();
+  };
+  if (sigaction(SIGSEGV, &sa, nullptr) != 0 || mprotect(page, pg, PROT_NONE) != 0) return;
+  std::thread([h, p] {
+    am_heap_realloc(h, p, 4 * kSize);
+    g_returned = true;  // no fault: the death test fails instead of hanging
+  }).detach();
+  while (!g_parked && !g_returned) std::this_thread::yield();
+  if (g_parked) am_heap_bind(h);
+}
+
+TEST(HeapDebugCheck, BindingAHeapAnotherThreadIsInsideACallOnAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(bind_while_another_thread_is_inside_a_call(),
+               "am_heap_bind\\(\\): heap 0x[0-9a-f]+ is in use on another thread at the same time");
 }
 
 TEST(HeapDebugCheck, AGuardReleasedOnAnotherThreadAborts) {
