@@ -19,7 +19,7 @@ namespace {
 
 // Live bitmaps sit in the header slot after the page table: 64 words a
 // page (4096 blocks of 16 bytes); a medium page uses its first slot's.
-constexpr size_t kBitsOffset = 16 * 1024;
+constexpr size_t kBitsOffset = 24 * 1024;
 constexpr unsigned kBitWords = kSlotSize / 16 / 64;
 static_assert(sizeof(Segment) <= kBitsOffset);
 static_assert(kBitsOffset + kMaxPages * kBitWords * 8 <= kSlotSize);

@@ -149,7 +149,7 @@ Segment* segment_take(uint8_t kind, size_t size, size_t need_end) {
     cached_at = s->cached_at;
     mapped = s->mapped_size;
     if (s->kind == kSegLarge && kind == kSegLarge) {
-      // A large segment only ever writes pages[0] of its page table (8
+      // A large segment only ever writes pages[0] of its page table (16
       // KiB, zeroed when it was taken): the header fields and that entry.
       memset(static_cast<void*>(&s->pages[0]), 0, sizeof(Page));
       auto* fields = reinterpret_cast<uint8_t*>(&s->kind);

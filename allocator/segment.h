@@ -33,7 +33,7 @@ AM_INLINE Segment* segment_of(uintptr_t a) { return reinterpret_cast<Segment*>(a
 // The Page entry of the slot holding `a`: segment + slot * sizeof(Page).
 AM_INLINE Page* slot_page(uintptr_t a) {
   return reinterpret_cast<Page*>((a & ~kSegmentMask) +
-                                 ((a >> (kSlotShift - 7)) & ((kMaxPages - 1) << 7)));
+                                 ((a >> (kSlotShift - 8)) & ((kMaxPages - 1) << 8)));
 }
 
 inline Segment* segment_of_page(const Page* pg) {

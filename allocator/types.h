@@ -47,39 +47,41 @@ inline Block* xlist(uintptr_t v) {
   return reinterpret_cast<Block*>(v & (kXCountOne - 1) & ~(kXFull | kXMesh));
 }
 inline uint32_t xcount(uintptr_t v) { return static_cast<uint32_t>(v >> kXCountShift); }
+// The fields are grouped by who writes them, a cache line each, so that a
+// producer's allocations and a consumer's frees of the same page never
+// take a line from each other: the owner's fast paths write line 0 only,
+// other threads' frees read line 1 and write line 2 only.
 struct Page {
-  // -- read on the owner's fast paths (first cache line) --
+  // -- line 0: written by the owner's fast paths --
   Block* free;
-  // The owning heap while a thread whose current heap it is may free
-  // straight onto `free`; nullptr while the page is full, abandoned, large
-  // or unused, which sends every free of it to the slow path with one
-  // compare. (Binding a heap to another thread changes no page.)
-  std::atomic<Heap*> owner_fast;
-  uint8_t* start;  // first block
-  // ceil(2^64 / block_size): `(p - start) * divc < divc` iff p is a block
-  // start (Lemire's divisibility test), the interior-pointer check on free.
-  uint64_t divc;
   // Blocks handed out and not back on `free`, plus one while the page is
   // its queue's head: the head never reaches 0 on the fast path, so a
   // malloc/free ping-pong on it never leaves the fast path.
   uint32_t used;
-  uint32_t capacity;                    // blocks carved so far
-  size_t block_size;                    // bytes (page-rounded for a large block)
-  uint32_t reserved;                    // blocks that fit in the page
-  std::atomic<uintptr_t> xthread_free;  // Block* | kXFull
-  std::atomic<Heap*> heap;              // owner; nullptr when abandoned or large
-  // -- cold --
-  Page* next;  // in a heap queue, the heap's full list, or the abandoned list
-  Page* prev;
-  uint64_t retired_at;  // ms, when the slot became free (for purging)
+  uint32_t capacity;  // blocks carved so far
+  // -- line 1: read by every free; written when the page changes hands --
+  // The owning heap while a thread whose current heap it is may free
+  // straight onto `free`; nullptr while the page is full, abandoned, large
+  // or unused, which sends every free of it to the slow path with one
+  // compare. (Binding a heap to another thread changes no page.)
+  alignas(64) std::atomic<Heap*> owner_fast;
+  uint8_t* start;  // first block
+  // ceil(2^64 / block_size): `(p - start) * divc < divc` iff p is a block
+  // start (Lemire's divisibility test), the interior-pointer check on free.
+  uint64_t divc;
+  size_t block_size;        // bytes (page-rounded for a large block)
+  std::atomic<Heap*> heap;  // owner; nullptr when abandoned or large
+  uint32_t reserved;        // blocks that fit in the page
   uint8_t cls;
   uint8_t kind;
   uint8_t in_use;
-  uint8_t is_head;   // first page of its heap queue (holds the used bias)
-  uint8_t in_full;   // on the owner's full list (the owner's copy of kXFull)
-  uint8_t dirty;     // free slot whose memory may still be resident
   uint8_t span_off;  // slots back to the page's first slot (medium pages)
-  uint8_t meshed;    // shares its memory with other pages (mesh.cpp)
+  // -- line 2: other threads' frees --
+  alignas(64) std::atomic<uintptr_t> xthread_free;  // Block* | kXFull | count
+  // -- line 3: cold --
+  alignas(64) Page* next;  // in a heap queue, the heap's full list, or the abandoned list
+  Page* prev;
+  uint64_t retired_at;  // ms, when the slot became free (for purging)
   // A meshed page's group: the page whose memory the group shares (it
   // keeps the group's count), and the next page of the group. A large
   // block's page (never meshed) keeps its heap instead, and its links in
@@ -97,14 +99,17 @@ struct Page {
     // (kTailSeen); trim.cpp gives it back once the block outlives a pass.
     uint16_t tail_state;
   };
+  uint8_t is_head;  // first page of its heap queue (holds the used bias)
+  uint8_t in_full;  // on the owner's full list (the owner's copy of kXFull)
+  uint8_t dirty;    // free slot whose memory may still be resident
+  uint8_t meshed;   // shares its memory with other pages (mesh.cpp)
   // Free blocks that trim.cpp gave back to the OS and took off `free`
   // (marked in Segment::trimmed); linked again when `free` runs dry.
   uint8_t trimmed;
   uint8_t slots;  // a span's page slots (kSegSpan); 0 otherwise
-  uint8_t pad_[2];
 };
 
-static_assert(sizeof(Page) == 128, "slot_page() computes slot * 128");
+static_assert(sizeof(Page) == 256, "slot_page() computes slot * 256");
 
 // kSegSpan: large blocks up to kSpanMax, each on a run of page slots
 // (a span) whose first slot's Page describes it; the others point back.
