@@ -74,7 +74,7 @@ void sweep_abandoned_locked(uint64_t now) {
   for (unsigned c = 0; c < kNumClasses; c++) {
     Page** link = &g_abandoned[c];
     while (Page* pg = *link) {
-      page_collect(pg);
+      page_collect_unwalked(pg);
       if (pg->used == 0) {
         *link = pg->next;
         give_back_locked(pg, now);
@@ -369,7 +369,7 @@ static void collect_remote(Heap* h) {
     Page* pg = h->queues[c].first;
     while (pg) {
       Page* next = pg->next;
-      if (page_collect(pg) && page_is_empty(pg) && !pg->is_head) heap_page_empty(h, pg);
+      if (page_collect_unwalked(pg) && page_is_empty(pg) && !pg->is_head) heap_page_empty(h, pg);
       pg = next;
     }
   }

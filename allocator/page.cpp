@@ -122,6 +122,12 @@ Block* page_carve(Page* pg) {
   return reinterpret_cast<Block*>(frontier + size_t{n} * bs);
 }
 
+uint32_t page_collect_unwalked(Page* pg) {
+  uint32_t n = xcount(pg->xthread_free.load(std::memory_order_relaxed));
+  if (n == 0 || (pg->free && n + pg->is_head != pg->used)) return 0;
+  return page_collect(pg);
+}
+
 uint32_t page_collect(Page* pg) {
   // One collector at a time, and only it changes the flag, so the flag is
   // the same before and after the exchange: the owner under its heap lock;

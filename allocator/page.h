@@ -19,8 +19,16 @@ bool page_extend(Page* pg);
 // malloc, where it was the slowest 0.1% of allocations in bursts.
 Block* page_carve(Page* pg);
 // Move frees made by other threads onto the owner's free list.
-// Returns how many blocks came back.
+// Returns how many blocks came back. Walks the remote list when the
+// page's own list is not empty (to splice them).
 uint32_t page_collect(Page* pg);
+// The same where it takes no walk (the own list is empty), or where the
+// remote list holds every block the page counts as used, which leaves it
+// empty (page_is_empty). Otherwise the list waits: the allocation path
+// takes it without a walk once the own list runs dry. For the passes over
+// many pages (idle point, slow path, trimming, abandoned pages), where
+// the walks were a chain of cache misses on lines other cores wrote.
+uint32_t page_collect_unwalked(Page* pg);
 
 // ceil(2^64 / d): see Page::divc.
 constexpr uint64_t divisibility_magic(uint64_t d) { return ~uint64_t{0} / d + 1; }

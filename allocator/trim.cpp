@@ -213,7 +213,7 @@ void trim_heap(Heap* h, uint64_t now, uint32_t max_us) {
         out_of_time = true;
         break;
       }
-      page_collect(pg);
+      page_collect_unwalked(pg);
       if (page_is_empty(pg) && !pg->is_head) {
         heap_page_empty(h, pg);  // the remote frees just collected emptied it
       } else if (wants_trim(pg)) {
