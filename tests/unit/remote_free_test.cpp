@@ -50,6 +50,53 @@ TEST(RemoteFree, FullPageComesBackAfterRemoteFrees) {
   owner.join();
 }
 
+// A remote list's word counts its blocks, and the owner's count of used
+// blocks comes from it: taken without a walk (the page's own list empty),
+// left waiting at the idle point (own list not empty, page not emptied),
+// and spliced onto a non-empty own list (am_collect). A count too high
+// would empty a page that still holds blocks (handed out again while
+// live); one too low would keep a page whose blocks are all free.
+TEST(RemoteFree, CountedListsKeepEveryPageExact) {
+  std::thread([] {
+    constexpr std::size_t kN = 8 * 64;  // eight pages of 1 KiB blocks
+    am_free(am_malloc(kBlock));         // this thread's heap exists
+    am_collect(1);
+    am_stats_t before;
+    am_stats_get(&before);
+    auto seed = [](void* p) { return reinterpret_cast<std::uintptr_t>(p); };
+    std::vector<void*> b;
+    for (std::size_t i = 0; i < kN; i++) {
+      b.push_back(am_malloc(kBlock));
+      amt::fill_pattern(b.back(), kBlock, seed(b.back()));
+    }
+    // A third freed here, a third by another thread; a third stays live.
+    for (std::size_t i = 0; i < kN; i += 3) am_free(b[i]);
+    std::thread([&] {
+      for (std::size_t i = 1; i < kN; i += 3) am_free(b[i]);
+    }).join();
+    am_executor_idle();
+    std::set<void*> live;
+    for (std::size_t i = 2; i < kN; i += 3) live.insert(b[i]);
+    std::vector<void*> again;
+    for (std::size_t i = 0; i < kN - live.size(); i++) {
+      again.push_back(am_malloc(kBlock));
+      EXPECT_EQ(live.count(again.back()), 0u) << "a live block was handed out again";
+      amt::fill_pattern(again.back(), kBlock, seed(again.back()));
+    }
+    for (void* p : live) EXPECT_EQ(amt::check_pattern(p, kBlock, seed(p)), SIZE_MAX);
+    for (void* p : again) EXPECT_EQ(amt::check_pattern(p, kBlock, seed(p)), SIZE_MAX);
+    std::thread([&] {
+      for (void* p : live) am_free(p);
+      for (void* p : again) am_free(p);
+    }).join();
+    am_executor_idle();
+    am_collect(1);
+    am_stats_t after;
+    am_stats_get(&after);
+    EXPECT_LE(after.pages_in_use, before.pages_in_use) << "pages whose blocks are all free stayed";
+  }).join();
+}
+
 // The owner hands batches of blocks to freer threads and collects right
 // away, so that pages empty (and, with no segment cache, segments unmap)
 // while the last freer may still be inside am_free.
